@@ -1,0 +1,66 @@
+"""
+An asyncio-native SDK for Seedream 4.5 Edit on the Apikley jobs API.
+
+Submit edits concurrently under shared rate limits, await them through an embedded callback
+receiver (polling is the safety net, or the mode where nothing can call back), and run
+batches that survive crashes without paying twice.
+"""
+
+from ._client import ClientState, SeedreamClient, TaskHandle
+from ._config import PollSchedule, Settings
+from ._errors import (
+    ApiError,
+    AuthenticationError,
+    ClientClosed,
+    DownloadError,
+    FeatureDisabled,
+    InsufficientCredits,
+    InvalidRequest,
+    JournalMismatch,
+    NotFound,
+    RateLimited,
+    RequestRejected,
+    SeedreamError,
+    ServerError,
+    ServiceUnavailable,
+    SubmissionUnknown,
+    TaskFailed,
+    TaskTimeout,
+    UsageLimitExceeded,
+)
+from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, TaskState
+from ._receiver import CallbackReceiver, Reply
+
+__all__ = [
+    "ApiError",
+    "AspectRatio",
+    "AuthenticationError",
+    "CallbackReceiver",
+    "ClientClosed",
+    "ClientState",
+    "DownloadError",
+    "EditRequest",
+    "EditResult",
+    "FeatureDisabled",
+    "InsufficientCredits",
+    "InvalidRequest",
+    "JournalMismatch",
+    "NotFound",
+    "PollSchedule",
+    "Quality",
+    "RateLimited",
+    "Reply",
+    "RequestRejected",
+    "SeedreamClient",
+    "SeedreamError",
+    "ServerError",
+    "ServiceUnavailable",
+    "Settings",
+    "SubmissionUnknown",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskRecord",
+    "TaskState",
+    "TaskTimeout",
+    "UsageLimitExceeded",
+]

@@ -1,0 +1,204 @@
+"""
+The aiohttp edge: one HTTP exchange per attempt, error mapping, retries, shared limiters.
+
+The retry policy never pays twice: createTask is retried only when the service provably did
+not take it (a 429, or a connection that never opened); anything that may have reached the
+service (a timeout, a reset after sending, a 5xx, a 200 without a task id) raises
+``SubmissionUnknown`` unless ``Settings.resubmit_unknown`` is set. Reads are idempotent and
+retried on 429, 5xx, timeouts and connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ._config import Settings
+from ._errors import (
+    ApiError,
+    RateLimited,
+    ServerError,
+    SubmissionUnknown,
+)
+from ._limits import SlidingWindowLimiter
+from ._models import EditRequest, TaskRecord
+from ._wire import (
+    MalformedPayload,
+    create_task_body,
+    parse_credits,
+    parse_record,
+    parse_retry_after,
+    parse_task_id,
+    read_envelope,
+)
+
+log = logging.getLogger("seedream_async")
+
+CREATE_PATH = "api/v1/jobs/createTask"
+RECORD_PATH = "api/v1/jobs/recordInfo"
+CREDIT_PATH = "api/v1/chat/credit"
+
+_Answer = tuple[int, bytes, float | None]
+
+
+def backoff_delay(settings: Settings, attempt: int) -> float:
+    """Capped exponential backoff with jitter (between half and all of the step)."""
+    step: float = min(settings.backoff_max, settings.backoff_initial * 2.0**attempt)
+    return step / 2 + random.uniform(0, step / 2)
+
+
+class Transport:
+    """Speaks HTTP to the service for one client: createTask, recordInfo, credit."""
+
+    __slots__ = (
+        "_create_url",
+        "_credit_url",
+        "_headers",
+        "_record_url",
+        "_session",
+        "_timeout",
+        "create_limiter",
+        "query_limiter",
+        "settings",
+    )
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: URL, api_key: str, settings: Settings
+    ) -> None:
+        self._session = session
+        self.settings = settings
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": settings.user_agent,
+            "Accept": "application/json",
+        }
+        self._create_url = base_url / CREATE_PATH
+        self._record_url = base_url / RECORD_PATH
+        self._credit_url = base_url / CREDIT_PATH
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout, connect=settings.connect_timeout
+        )
+        self.create_limiter = SlidingWindowLimiter(settings.create_rate, settings.create_period)
+        self.query_limiter = SlidingWindowLimiter(settings.query_rate, settings.query_period)
+
+    async def create_task(
+        self,
+        request: EditRequest,
+        callback_url: URL | None,
+        on_send: Callable[[], object] | None = None,
+    ) -> str:
+        """Submit one task and return its id; never resubmit one that may exist."""
+        body = create_task_body(request, callback_url)
+        attempts = self.settings.create_attempts
+        for attempt in range(attempts):
+            await self.create_limiter.acquire()
+            if on_send is not None:
+                on_send()
+            try:
+                status, raw, retry_after = await self._exchange("POST", self._create_url, body)
+            except aiohttp.ClientConnectorError as e:
+                # The connection never opened, so nothing was sent: safe to try again.
+                if attempt + 1 == attempts:
+                    raise _network_error(e, "createTask") from e
+                await asyncio.sleep(backoff_delay(self.settings, attempt))
+                continue
+            except (aiohttp.ClientError, TimeoutError) as e:
+                unknown = SubmissionUnknown(
+                    f"{type(e).__name__} after sending", request=request, callback_url=callback_url
+                )
+                if self._resubmit(attempt):
+                    log.warning("createTask answer lost (%s); resubmitting as opted in", e)
+                    continue
+                raise unknown from e
+            try:
+                return parse_task_id(
+                    read_envelope(status, raw, endpoint="createTask", retry_after=retry_after)
+                )
+            except RateLimited as e:
+                if attempt + 1 == attempts:
+                    raise
+                self._pause(self.create_limiter, e, attempt)
+            except ServerError as e:
+                if not _may_have_run(e):
+                    raise
+                if not self._resubmit(attempt):
+                    raise SubmissionUnknown(
+                        f"server error: {e.message}", request=request, callback_url=callback_url
+                    ) from e
+            except MalformedPayload as e:
+                raise SubmissionUnknown(str(e), request=request, callback_url=callback_url) from e
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def get_record(self, task_id: str) -> TaskRecord:
+        """Return a task's record (recordInfo), retrying what is safe to retry."""
+        data = await self._read(self._record_url.with_query(taskId=task_id), "recordInfo")
+        try:
+            return parse_record(data)
+        except MalformedPayload as e:
+            raise ServerError(str(e), code=None, http_status=200, endpoint="recordInfo") from e
+
+    async def credits(self) -> float:
+        """Return the account's credit balance."""
+        data = await self._read(self._credit_url, "credit")
+        try:
+            return parse_credits(data)
+        except MalformedPayload as e:
+            raise ServerError(str(e), code=None, http_status=200, endpoint="credit") from e
+
+    async def _read(self, url: URL, endpoint: str) -> Any:
+        attempts = self.settings.query_attempts
+        for attempt in range(attempts):
+            await self.query_limiter.acquire()
+            last = attempt + 1 == attempts
+            try:
+                status, raw, retry_after = await self._exchange("GET", url, None)
+                return read_envelope(status, raw, endpoint=endpoint, retry_after=retry_after)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                if last:
+                    raise _network_error(e, endpoint) from e
+            except RateLimited as e:
+                if last:
+                    raise
+                self._pause(self.query_limiter, e, attempt)
+                continue
+            except ServerError:
+                if last:
+                    raise
+            await asyncio.sleep(backoff_delay(self.settings, attempt))
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def _exchange(self, method: str, url: URL, body: bytes | None) -> _Answer:
+        headers = self._headers
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        async with self._session.request(
+            method, url, data=body, headers=headers, timeout=self._timeout
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+
+    def _pause(self, limiter: SlidingWindowLimiter, e: RateLimited, attempt: int) -> None:
+        delay = e.retry_after
+        if delay is None:
+            delay = backoff_delay(self.settings, attempt)
+        log.info("%s rate limited; pausing that pipeline for %.2f s", e.endpoint, delay)
+        limiter.pause_until(asyncio.get_running_loop().time() + delay)
+
+    def _resubmit(self, attempt: int) -> bool:
+        return self.settings.resubmit_unknown and attempt + 1 < self.settings.create_attempts
+
+
+def _may_have_run(e: ApiError) -> bool:
+    """A 5xx may come after the service made the task; a proxy's 403 page may not."""
+    status = e.code if e.code is not None else e.http_status
+    return status is not None and status >= 500
+
+
+def _network_error(e: BaseException, endpoint: str) -> ServerError:
+    return ServerError(f"network failure: {type(e).__name__}: {e}", code=None, endpoint=endpoint)

@@ -1,0 +1,250 @@
+"""
+The wire format: the one cattrs converter and every quirk of the service.
+
+Nothing else in the package touches the service's raw dicts. Quirks absorbed here:
+``msg`` or ``message``; ``resultJson`` as a JSON string, ``""``, null or an object;
+``failCode`` as a string, an int, ``""`` or null; millisecond timestamps, some missing;
+``creditsConsumed`` or ``consumeCredits``; unknown states and extra fields; the callback's
+task id in ``data.taskId``, ``data.task_id`` or a top-level ``taskId``; errors that arrive as
+HTTP 200 with a body code, as a real HTTP status, or as an HTML page from a proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from yarl import URL
+
+from ._errors import InvalidRequest, ServerError, error_for_code
+from ._models import MODEL, EditRequest, TaskRecord, TaskState
+
+converter = cattrs.Converter()
+converter.register_structure_hook(URL, lambda v, _: URL(v))
+converter.register_unstructure_hook(URL, str)
+converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(str(v)))
+converter.register_structure_hook(
+    datetime, lambda v, _: datetime.fromtimestamp(float(v) / 1000, tz=UTC)
+)
+converter.register_unstructure_hook(datetime, lambda d: round(d.timestamp() * 1000))
+
+_RECORD_KEYS = {
+    "task_id": "taskId",
+    "raw_state": "rawState",
+    "result_urls": "resultUrls",
+    "fail_code": "failCode",
+    "fail_msg": "failMsg",
+    "create_time": "createTime",
+    "complete_time": "completeTime",
+    "update_time": "updateTime",
+    "credits_consumed": "creditsConsumed",
+}
+_RENAMES: dict[str, Any] = {k: override(rename=v) for k, v in _RECORD_KEYS.items()}
+converter.register_structure_hook(
+    TaskRecord, make_dict_structure_fn(TaskRecord, converter, **_RENAMES)
+)
+converter.register_unstructure_hook(
+    TaskRecord, make_dict_unstructure_fn(TaskRecord, converter, **_RENAMES)
+)
+
+
+class MalformedPayload(ValueError):
+    """A body that is not the shape the service documents (kept inside the SDK)."""
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
+    """Encode the createTask JSON body."""
+    task_input: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image_urls": [str(u) for u in request.image_urls],
+        "aspect_ratio": request.aspect_ratio.value,
+        "quality": request.quality.value,
+    }
+    if request.nsfw_checker is not None:
+        task_input["nsfw_checker"] = request.nsfw_checker
+    body: dict[str, Any] = {"model": MODEL, "input": task_input}
+    if callback_url is not None:
+        body["callBackUrl"] = str(callback_url)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_create_body(body: Any) -> tuple[EditRequest, URL | None]:
+    """Decode a createTask body (the simulator's side); raise ``InvalidRequest``."""
+    if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+        raise MalformedPayload("body must be an object with an object 'input'")
+    if body.get("model") != MODEL:
+        raise InvalidRequest("model", f"must be {MODEL!r}")
+    task_input = body["input"]
+    request = EditRequest(
+        prompt=task_input.get("prompt"),
+        image_urls=task_input.get("image_urls") or (),
+        aspect_ratio=task_input.get("aspect_ratio", "1:1"),
+        quality=task_input.get("quality", "basic"),
+        nsfw_checker=task_input.get("nsfw_checker"),
+    )
+    callback = body.get("callBackUrl")
+    return request, URL(callback) if isinstance(callback, str) and callback else None
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Read a ``Retry-After`` header (seconds or an HTTP date) as seconds, if present."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def read_envelope(
+    http_status: int,
+    body: bytes,
+    *,
+    endpoint: str,
+    retry_after: float | None = None,
+) -> Any:
+    """
+    Return the ``data`` of a successful answer; raise the matching ``ApiError`` otherwise.
+
+    Both the HTTP status and the body code are judged: business errors come as HTTP 200
+    with a body code, 429 as a real 429, and proxies answer with HTML.
+    """
+    envelope = _json_object(body)
+    if envelope is None or not isinstance(envelope.get("code"), int):
+        if http_status == 429:
+            raise error_for_code(
+                429, "rate limited", http_status=429, endpoint=endpoint, retry_after=retry_after
+            )
+        snippet = body[:120].decode("utf-8", "replace").strip()
+        raise ServerError(
+            f"non-JSON answer: {snippet!r}", code=None, http_status=http_status, endpoint=endpoint
+        )
+    code: int = envelope["code"]
+    message = str(envelope.get("msg") or envelope.get("message") or "")
+    if code != 200 or not 200 <= http_status < 300:
+        bad = code if code != 200 else http_status
+        raise error_for_code(
+            bad, message, http_status=http_status, endpoint=endpoint, retry_after=retry_after
+        )
+    return envelope.get("data")
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_task_id(data: Any) -> str:
+    """Read the task id from a createTask answer's data."""
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise MalformedPayload(f"createTask answer without a taskId: {data!r}")
+    return task_id
+
+
+def parse_credits(data: Any) -> float:
+    """Read the credit balance (a bare number)."""
+    if isinstance(data, bool) or not isinstance(data, int | float | str):
+        raise MalformedPayload(f"credit answer is not a number: {data!r}")
+    try:
+        return float(data)
+    except ValueError:
+        raise MalformedPayload(f"credit answer is not a number: {data!r}") from None
+
+
+def parse_record(data: Any) -> TaskRecord:
+    """Read a recordInfo (or callback) ``data`` object into a ``TaskRecord``."""
+    if not isinstance(data, dict):
+        raise MalformedPayload(f"task record is not an object: {type(data).__name__}")
+    state = data.get("state")
+    task_id = data.get("taskId") or data.get("task_id")
+    if not isinstance(task_id, str) or not task_id or not isinstance(state, str):
+        raise MalformedPayload("task record needs a string taskId and state")
+    fields = {k: v for k, v in data.items() if k in _WIRE_FIELDS and v not in (None, "")}
+    fields["taskId"] = task_id
+    fields["rawState"] = state
+    fields["resultUrls"] = _result_urls(data.get("resultJson"))
+    credits = data.get("creditsConsumed", data.get("consumeCredits"))
+    if isinstance(credits, int | float) and not isinstance(credits, bool):
+        fields["creditsConsumed"] = credits
+    else:
+        fields.pop("creditsConsumed", None)
+    try:
+        return converter.structure(fields, TaskRecord)
+    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as e:
+        raise MalformedPayload(f"task record does not parse: {e}") from e
+
+
+_WIRE_FIELDS = frozenset(
+    ("model", "state", "failCode", "failMsg", "createTime", "completeTime", "updateTime")
+)
+
+
+def _result_urls(value: Any) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise MalformedPayload("resultJson is not JSON") from e
+    if not isinstance(value, dict):
+        raise MalformedPayload("resultJson is not an object")
+    urls = value.get("resultUrls") or []
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise MalformedPayload("resultUrls is not a list of strings")
+    return urls
+
+
+def parse_callback(body: bytes) -> TaskRecord:
+    """Read a callback POST body; raise ``MalformedPayload`` unless it is a callback."""
+    payload = _json_object(body)
+    if payload is None:
+        raise MalformedPayload("callback body is not a JSON object")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise MalformedPayload("callback without a data object")
+    if "taskId" not in data and "task_id" not in data and "taskId" in payload:
+        data = {**data, "taskId": payload["taskId"]}
+    return parse_record(data)
+
+
+# --- the service's side (the simulator) ------------------------------------------------
+
+
+def record_to_wire(record: TaskRecord, *, old_schema: bool = False) -> dict[str, Any]:
+    """Encode a record as recordInfo/callback ``data`` (``old_schema``: consumeCredits)."""
+    raw: dict[str, Any] = converter.unstructure(record, TaskRecord)
+    urls = raw.pop("resultUrls")
+    raw["state"] = raw.pop("rawState") or record.state.value
+    raw["resultJson"] = json.dumps({"resultUrls": urls}) if urls else ""
+    credits = raw.pop("creditsConsumed")
+    if old_schema:
+        raw["consumeCredits"] = credits
+        raw["remainedCredits"] = None
+    else:
+        raw["creditsConsumed"] = credits
+    return raw
+
+
+def envelope(code: int, msg: str, data: Any = None) -> bytes:
+    """Encode an answer envelope."""
+    return json.dumps({"code": code, "msg": msg, "data": data}, separators=(",", ":")).encode()

@@ -1,0 +1,451 @@
+"""
+A faithful fake of the Apikley jobs API for Seedream 4.5 Edit, as an aiohttp application.
+
+For this project's tests and benchmarks and for users' own tests. It shares only the wire
+format with the client (``_wire``, ``_models``, ``_signing``), never the client code it is
+there to test. Every fault knob in ``SimulatorConfig`` is off by default; ``SimulatorStats``
+counts what clients did, so a test can prove that nothing was paid twice.
+
+Serve it alone with ``python -m seedream_async.simulator --port 8080``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Literal
+
+import aiohttp
+import attrs
+from aiohttp import web
+from yarl import URL
+
+from ._errors import InvalidRequest
+from ._models import MODEL, EditRequest, TaskRecord, TaskState
+from ._signing import sign
+from ._wire import MalformedPayload, envelope, parse_create_body, record_to_wire
+
+__all__ = ["Simulator", "SimulatorConfig", "SimulatorStats"]
+
+LostAnswer = Literal["reset", "http500", "hang"]
+
+
+@attrs.define(kw_only=True)
+class SimulatorConfig:
+    """The simulator's knobs; change them at any time, even while it serves."""
+
+    #: Seconds from create to the final state, drawn uniformly from this range.
+    latency: tuple[float, float] = (0.0, 0.0)
+    #: Fraction of tasks that end in ``fail``.
+    failure_rate: float = 0.0
+    #: createTask limit as (requests, seconds), sliding; excess gets HTTP 429.
+    create_limit: tuple[int, float] | None = None
+    #: recordInfo limit as (requests, seconds), sliding; excess gets HTTP 429.
+    query_limit: tuple[int, float] | None = None
+    #: Seconds to send in ``Retry-After`` with a 429 (None: no header, as documented).
+    retry_after: float | None = None
+    #: Every call answers body code 455.
+    maintenance: bool = False
+    #: Credits on the account (None: unlimited) and the price of one task.
+    credits: float | None = None
+    price: float = 1.25
+    #: Fraction of calls answered by an HTML 502 page (a proxy), before any work.
+    html_error_rate: float = 0.0
+    #: Refuse requests without a User-Agent with Cloudflare's HTML 403 ``error code: 1010``.
+    require_user_agent: bool = True
+    #: The only API key accepted (None: any non-empty key).
+    api_key: str | None = None
+    #: Fraction of createTask answers lost *after* the task was made, and how.
+    lost_answer_rate: float = 0.0
+    lost_answer_mode: LostAnswer = "reset"
+    #: Seconds a fresh task is unknown to recordInfo, and the code it answers then.
+    invisible_for: float = 0.0
+    invisible_code: Literal[404, 422] = 422
+    #: Deliver the callback (and wait for it) before answering createTask.
+    callback_early: bool = False
+    #: Extra deliveries of each callback.
+    callback_duplicates: int = 0
+    #: Fraction of callbacks never sent.
+    callback_drop_rate: float = 0.0
+    #: Seconds between the task ending and its callback.
+    callback_delay: float = 0.0
+    #: Send ``consumeCredits``/``remainedCredits`` instead of ``creditsConsumed``.
+    callback_old_schema: bool = False
+    #: Sign callbacks with this HMAC key.
+    hmac_key: bytes | None = None
+    #: Size in bytes of each result image served under ``/files``.
+    image_size: int = 2048
+    #: Images made per task.
+    images_per_task: int = 1
+    #: Seed of the simulator's randomness.
+    seed: int | None = None
+
+
+@attrs.define
+class SimulatorStats:
+    """What clients did to the simulator."""
+
+    create_requests: int = 0
+    tasks_created: int = 0
+    rate_limited: int = 0
+    polls: int = 0
+    poll_times: list[float] = attrs.field(factory=list)
+    callbacks_sent: int = 0
+    callbacks_failed: int = 0
+    downloads: int = 0
+    #: Tasks made per callback URL: more than one for a URL means a task was paid twice.
+    tasks_per_callback: Counter[str] = attrs.field(factory=Counter)
+    #: Tasks made per request fingerprint.
+    tasks_per_request: Counter[str] = attrs.field(factory=Counter)
+
+    def peak_poll_rate(self, window: float = 1.0) -> int:
+        """Return the most recordInfo requests seen in any ``window`` seconds."""
+        times = sorted(self.poll_times)
+        best = start = 0
+        for end, t in enumerate(times):
+            while times[start] <= t - window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+
+@attrs.define(eq=False)
+class _Task:
+    task_id: str
+    request: EditRequest
+    callback_url: URL | None
+    created: float
+    latency: float
+    fails: bool
+    files_base: URL
+    images: int
+
+
+_HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+_HTML_1010 = b"error code: 1010"
+
+
+class _Window:
+    """Sliding-window counter for the simulator's own rate limits."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+
+    def admit(self, limit: tuple[int, float] | None, now: float) -> bool:
+        if limit is None:
+            return True
+        rate, period = limit
+        while self.times and self.times[0] <= now - period:
+            self.times.popleft()
+        if len(self.times) >= rate:
+            return False
+        self.times.append(now)
+        return True
+
+
+class Simulator:
+    """The fake service; ``async with Simulator() as sim`` serves it on 127.0.0.1:0."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        self.stats = SimulatorStats()
+        self.tasks: dict[str, _Task] = {}
+        self.app = web.Application()
+        self.app.router.add_post("/api/v1/jobs/createTask", self._create)
+        self.app.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
+        self.app.router.add_get("/api/v1/chat/credit", self._credit)
+        self.app.router.add_get("/files/{task_id}/{n}.png", self._file)
+        self.app.cleanup_ctx.append(self._callback_session)
+        self._rng = random.Random(self.config.seed)
+        self._ids = itertools.count(1)
+        self._create_window = _Window()
+        self._query_window = _Window()
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = URL()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> URL:
+        """Serve on ``host:port`` (0: any free port) and return the base URL."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.url = URL.build(scheme="http", host=bound[0], port=bound[1])
+        return self.url
+
+    async def aclose(self) -> None:
+        """Stop serving, cancel pending callbacks."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for fut in list(self._background):
+            fut.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- the task life -------------------------------------------------------------------
+
+    def record(self, task_id: str) -> TaskRecord:
+        """Return what the service currently knows of a task."""
+        task = self.tasks[task_id]
+        age = time.monotonic() - task.created
+        created_ms = _wall_ms() - round(age * 1000)
+        if age < task.latency:
+            phase = (TaskState.WAITING, TaskState.QUEUING, TaskState.GENERATING)
+            state = phase[min(2, int(3 * age / task.latency))]
+            return TaskRecord(
+                task_id=task_id, model=MODEL, state=state, create_time=_dt(created_ms)
+            )
+        complete = _dt(created_ms + round(task.latency * 1000))
+        final = TaskRecord(
+            task_id=task_id,
+            model=MODEL,
+            state=TaskState.FAIL if task.fails else TaskState.SUCCESS,
+            create_time=_dt(created_ms),
+            complete_time=complete,
+            update_time=complete,
+        )
+        if task.fails:
+            return attrs.evolve(final, fail_code="GENERATION_FAILED", fail_msg="simulated failure")
+        urls = tuple(task.files_base / task_id / f"{n}.png" for n in range(task.images))
+        return attrs.evolve(final, result_urls=urls, credits_consumed=self.config.price)
+
+    def _new_task(self, request: EditRequest, callback: URL | None, base: URL) -> _Task:
+        cfg = self.config
+        lo, hi = cfg.latency
+        task = _Task(
+            task_id=f"task_seedream_{int(time.time() * 1000)}_{next(self._ids)}",
+            request=request,
+            callback_url=callback,
+            created=time.monotonic(),
+            latency=self._rng.uniform(lo, hi) if hi > lo else lo,
+            fails=self._rng.random() < cfg.failure_rate,
+            files_base=base / "files",
+            images=cfg.images_per_task,
+        )
+        self.tasks[task.task_id] = task
+        self.stats.tasks_created += 1
+        self.stats.tasks_per_request[request.fingerprint()] += 1
+        if callback is not None:
+            self.stats.tasks_per_callback[str(callback)] += 1
+        if cfg.credits is not None:
+            cfg.credits -= cfg.price
+        return task
+
+    def _schedule_callback(self, task: _Task) -> None:
+        if task.callback_url is None or self._rng.random() < self.config.callback_drop_rate:
+            return
+        loop = asyncio.get_running_loop()
+        delay = task.latency + self.config.callback_delay
+        self._timers[task.task_id] = loop.call_later(delay, self._spawn_delivery, task)
+
+    def _spawn_delivery(self, task: _Task) -> None:
+        self._timers.pop(task.task_id, None)
+        fut = asyncio.ensure_future(self._deliver_all(task))
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+
+    async def _deliver_all(self, task: _Task) -> None:
+        for _ in range(1 + self.config.callback_duplicates):
+            await self._deliver(task)
+
+    async def _deliver(self, task: _Task) -> None:
+        """POST the callback, with up to 3 tries as the service documents."""
+        assert task.callback_url is not None
+        record = self.record(task.task_id)
+        if not record.is_final:  # an early callback: the task ends now
+            task.latency = time.monotonic() - task.created
+            record = self.record(task.task_id)
+        ok = record.state is TaskState.SUCCESS
+        body = envelope(
+            200 if ok else 501,
+            "Playground task completed successfully." if ok else "Playground task failed.",
+            record_to_wire(record, old_schema=self.config.callback_old_schema),
+        )
+        headers = {"Content-Type": "application/json"}
+        if self.config.hmac_key is not None:
+            stamp = str(int(time.time()))
+            headers["X-Webhook-Timestamp"] = stamp
+            headers["X-Webhook-Signature"] = sign(self.config.hmac_key, task.task_id, stamp)
+        assert self._session is not None
+        for _ in range(3):
+            try:
+                async with self._session.post(task.callback_url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status == 200:
+                        self.stats.callbacks_sent += 1
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            self.stats.callbacks_failed += 1
+            await asyncio.sleep(0.05)
+
+    async def _callback_session(self, _: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=15)
+        connector = aiohttp.TCPConnector(limit=100)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            self._session = session
+            yield
+            self._session = None
+
+    # --- handlers ------------------------------------------------------------------------
+
+    def _gate(self, request: web.Request) -> web.Response | None:
+        """Answer what a proxy or the account would answer before the work, if anything."""
+        cfg = self.config
+        if cfg.require_user_agent and not request.headers.get("User-Agent"):
+            return web.Response(status=403, body=_HTML_1010, content_type="text/plain")
+        if cfg.html_error_rate and self._rng.random() < cfg.html_error_rate:
+            return web.Response(status=502, body=_HTML_502, content_type="text/html")
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        if not key or (cfg.api_key is not None and key != cfg.api_key):
+            return _answer(401, "You do not have access permissions")
+        if cfg.maintenance:
+            return _answer(455, "Service is under maintenance")
+        return None
+
+    def _limited(self) -> web.Response:
+        self.stats.rate_limited += 1
+        headers = {}
+        if self.config.retry_after is not None:
+            headers["Retry-After"] = f"{self.config.retry_after:g}"
+        body = envelope(429, "Rate limited, please try again later")
+        return web.Response(status=429, body=body, content_type="application/json", headers=headers)
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        self.stats.create_requests += 1
+        if (gated := self._gate(request)) is not None:
+            return gated
+        if not self._create_window.admit(self.config.create_limit, time.monotonic()):
+            return self._limited()
+        if self.config.credits is not None and self.config.credits < self.config.price:
+            return _answer(402, "Credits insufficient")
+        try:
+            body = await request.json()
+            edit, callback = parse_create_body(body)
+        except InvalidRequest as e:
+            return _answer(422, str(e))
+        except (MalformedPayload, ValueError) as e:
+            return _answer(400, f"bad request: {e}")
+        task = self._new_task(edit, callback, request.url.origin())
+        if self.config.callback_early and callback is not None:
+            await self._deliver_all(task)
+        else:
+            self._schedule_callback(task)
+        if self.config.lost_answer_rate and self._rng.random() < self.config.lost_answer_rate:
+            return await self._lose_answer(request)
+        return _answer(200, "success", {"taskId": task.task_id, "recordId": task.task_id})
+
+    async def _lose_answer(self, request: web.Request) -> web.StreamResponse:
+        mode = self.config.lost_answer_mode
+        if mode == "http500":
+            return web.Response(status=500, body=b"<html>500</html>", content_type="text/html")
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError  # aiohttp drops a handler cancelled this way quietly
+
+    async def _record_info(self, request: web.Request) -> web.Response:
+        self.stats.polls += 1
+        now = time.monotonic()
+        self.stats.poll_times.append(now)
+        if (gated := self._gate(request)) is not None:
+            return gated
+        if not self._query_window.admit(self.config.query_limit, now):
+            return self._limited()
+        task = self.tasks.get(request.query.get("taskId", ""))
+        if task is None:
+            return _answer(404, "task not found")
+        if now - task.created < self.config.invisible_for:
+            code = self.config.invisible_code
+            return _answer(code, "recordInfo is null" if code == 422 else "task not found")
+        record = record_to_wire(self.record(task.task_id))
+        record["param"] = json.dumps(json.dumps({"model": MODEL}))  # double-encoded, as seen
+        record["costTime"] = round(task.latency)
+        return _answer(200, "success", record)
+
+    async def _credit(self, request: web.Request) -> web.Response:
+        if (gated := self._gate(request)) is not None:
+            return gated
+        left = self.config.credits
+        return _answer(200, "success", 1e6 if left is None else round(left, 2))
+
+    async def _file(self, request: web.Request) -> web.Response:
+        task = self.tasks.get(request.match_info["task_id"])
+        n = int(request.match_info["n"]) if request.match_info["n"].isdigit() else -1
+        if task is None or not 0 <= n < task.images:
+            return web.Response(status=404, text="no such file")
+        self.stats.downloads += 1
+        return web.Response(body=fake_png(task.task_id, n, self.config.image_size))
+
+
+def fake_png(task_id: str, n: int, size: int) -> bytes:
+    """Return deterministic bytes standing for image ``n`` of a task."""
+    head = b"\x89PNG\r\n\x1a\n" + f"{task_id}/{n}".encode()
+    return (head * (size // len(head) + 1))[:size]
+
+
+def _answer(code: int, msg: str, data: object = None) -> web.Response:
+    return web.Response(body=envelope(code, msg, data), content_type="application/json")
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+async def _serve(host: str, port: int, config: SimulatorConfig) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        sim = Simulator(config)
+        await sim.start(host, port)
+        stack.push_async_callback(sim.aclose)
+        print(f"seedream simulator serving on {sim.url}", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the simulator alone: ``python -m seedream_async.simulator --port 8080``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--latency", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX")
+    )
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--create-limit", type=float, nargs=2, metavar=("N", "SECONDS"))
+    args = parser.parse_args(argv)
+    config = SimulatorConfig(latency=tuple(args.latency), failure_rate=args.failure_rate)
+    if args.create_limit:
+        config.create_limit = (int(args.create_limit[0]), args.create_limit[1])
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.host, args.port, config))
+
+
+if __name__ == "__main__":
+    main()

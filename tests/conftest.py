@@ -1,0 +1,84 @@
+"""Shared fixtures: the simulator on a real loopback port and clients pointed at it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import attrs
+import pytest
+
+from seedream_async import CallbackReceiver, EditRequest, PollSchedule, SeedreamClient, Settings
+from seedream_async.simulator import Simulator, SimulatorConfig
+
+API_KEY = "test-key"
+
+#: Settings that keep end-to-end tests fast: short polls, short backoff.
+FAST = Settings(
+    poll_schedule=PollSchedule(steps=((float("inf"), 0.05),), jitter=0.1),
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    safety_poll_after=0.5,
+    safety_poll_every=0.2,
+    visibility_grace=5.0,
+    request_timeout=5.0,
+    query_rate=200,
+    create_rate=1000,
+    create_period=1.0,
+)
+
+
+def request(n: int = 0) -> EditRequest:
+    """A valid request, distinct per ``n``."""
+    return EditRequest(prompt=f"edit number {n}", image_urls=[f"https://img.example/{n}.png"])
+
+
+@pytest.fixture
+def sim_config() -> SimulatorConfig:
+    return SimulatorConfig(seed=1234)
+
+
+@pytest.fixture
+async def sim(sim_config: SimulatorConfig) -> AsyncIterator[Simulator]:
+    async with Simulator(sim_config) as simulator:
+        yield simulator
+
+
+ClientFactory = Callable[..., SeedreamClient]
+
+
+@pytest.fixture
+async def make_client(sim: Simulator) -> AsyncIterator[ClientFactory]:
+    """Build clients against the simulator; every one is closed after the test."""
+    made: list[SeedreamClient] = []
+
+    def factory(*, callbacks: bool | CallbackReceiver = False, **settings: Any) -> SeedreamClient:
+        receiver = CallbackReceiver() if callbacks is True else callbacks or None
+        client = SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            callbacks=receiver,
+            settings=attrs.evolve(FAST, **settings),
+        )
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        await client.aclose()
+
+
+@pytest.fixture
+def virtual_clock() -> Iterator[Callable[[float], None]]:
+    """Replace the running loop's clock with one the test advances by hand."""
+    loop = asyncio.get_event_loop_policy().get_event_loop()
+    now = [loop.time()]
+    original = loop.time
+    loop.time = lambda: now[0]  # type: ignore[method-assign]
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    yield advance
+    loop.time = original  # type: ignore[method-assign]
