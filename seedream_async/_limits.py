@@ -1,71 +1,87 @@
 """
 A sliding-window rate limiter shared by every coroutine of a client.
 
-It keeps the times of the last ``rate`` grants and at most one timer handle, grants waiters
-first come first served, reads the event loop's clock (so tests can drive time), and refunds
-a grant whose waiter was cancelled before it could use it. ``pause_until`` stops every grant
+The service counts a request when it *arrives*; the client only knows it has arrived once the
+answer is back. So a grant holds its slot while the request is in flight, and ``release()``
+stamps it at completion: the window then starts no earlier than the service's did, and a
+client using the service's own limit never sees a 429 (at the price of one round trip per
+window). A grant whose request was never sent is refunded.
+
+It keeps at most ``rate`` stamps and one timer handle, grants waiters first come first served,
+reads the event loop's clock (so tests can drive time), and ``pause_until`` stops every grant
 until a given loop time: a 429 pauses the whole pipeline, not one coroutine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 
 
 class SlidingWindowLimiter:
-    """At most ``rate`` grants in any ``period`` seconds, first come first served."""
+    """At most ``rate`` requests in any ``period`` seconds, first come first served."""
 
-    __slots__ = ("_grants", "_paused_until", "_timer", "_waiters", "period", "rate")
+    __slots__ = ("_held", "_paused_until", "_stamps", "_timer", "_waiters", "period", "rate")
 
     def __init__(self, rate: int, period: float) -> None:
         if rate < 1 or period <= 0:
             raise ValueError("rate must be >= 1 and period > 0")
         self.rate = rate
         self.period = period
-        self._grants: deque[float] = deque()
-        self._waiters: deque[asyncio.Future[float]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._stamps: deque[float] = deque()
+        self._held = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.Handle | None = None
         self._paused_until = 0.0
 
     async def acquire(self) -> None:
-        """Wait for a grant; cancelling the wait never consumes one."""
+        """Wait for a grant; pair it with ``release()``. Cancelling the wait costs nothing."""
         loop = asyncio.get_running_loop()
-        if not self._waiters and self._free_at(loop.time()) is None:
-            self._grants.append(loop.time())
+        if not self._waiters and self._wait(loop.time()) == 0:
+            self._held += 1
             return
-        waiter: asyncio.Future[float] = loop.create_future()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        self._schedule(loop)
+        self._wake_soon(loop)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._refund(waiter.result())
+                self.release(sent=False)
             raise
+
+    def release(self, *, sent: bool = True) -> None:
+        """End a grant: a ``sent`` one counts for a period from now, another is refunded."""
+        loop = asyncio.get_running_loop()
+        self._held -= 1
+        if sent:
+            self._stamps.append(loop.time())
+        if self._waiters:
+            self._wake_soon(loop, reschedule=True)
 
     def pause_until(self, when: float) -> None:
         """Grant nothing before loop time ``when`` (a 429 with its Retry-After)."""
         self._paused_until = max(self._paused_until, when)
-        if self._timer is not None:
+        if self._waiters:
+            self._wake_soon(asyncio.get_running_loop(), reschedule=True)
+
+    def _wait(self, now: float) -> float:
+        """Seconds until a grant is possible: 0 for now, inf until a release."""
+        stamps = self._stamps
+        while stamps and stamps[0] <= now - self.period:
+            stamps.popleft()
+        wait = max(0.0, self._paused_until - now)
+        if len(stamps) + self._held >= self.rate:
+            wait = max(wait, stamps[0] + self.period - now if stamps else math.inf)
+        return wait
+
+    def _wake_soon(self, loop: asyncio.AbstractEventLoop, *, reschedule: bool = False) -> None:
+        if self._timer is not None and reschedule:
             self._timer.cancel()
             self._timer = None
-        if self._waiters:
-            self._schedule(asyncio.get_running_loop())
-
-    def _free_at(self, now: float) -> float | None:
-        """Return when the next grant is possible, or None if it is possible now."""
-        grants = self._grants
-        while grants and grants[0] <= now - self.period:
-            grants.popleft()
-        blocked = [self._paused_until] if self._paused_until > now else []
-        if len(grants) >= self.rate:
-            blocked.append(grants[0] + self.period)
-        return max(blocked) if blocked else None
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is None:
-            self._timer = loop.call_at(loop.time(), self._wake)
+            self._timer = loop.call_soon(self._wake)
 
     def _wake(self) -> None:
         self._timer = None
@@ -76,15 +92,10 @@ class SlidingWindowLimiter:
                 waiters.popleft()
                 continue
             now = loop.time()
-            free_at = self._free_at(now)
-            if free_at is not None:
-                self._timer = loop.call_at(free_at, self._wake)
+            wait = self._wait(now)
+            if wait > 0:
+                if wait != math.inf:
+                    self._timer = loop.call_at(now + wait, self._wake)
                 return
-            self._grants.append(now)
-            waiters.popleft().set_result(now)
-
-    def _refund(self, granted_at: float) -> None:
-        if granted_at in self._grants:
-            self._grants.remove(granted_at)
-        if self._waiters:
-            self._schedule(asyncio.get_running_loop())
+            self._held += 1
+            waiters.popleft().set_result(None)

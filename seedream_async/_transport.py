@@ -97,11 +97,10 @@ class Transport:
         body = create_task_body(request, callback_url)
         attempts = self.settings.create_attempts
         for attempt in range(attempts):
-            await self.create_limiter.acquire()
-            if on_send is not None:
-                on_send()
             try:
-                status, raw, retry_after = await self._exchange("POST", self._create_url, body)
+                status, raw, retry_after = await self._exchange(
+                    self.create_limiter, "POST", self._create_url, body, on_send
+                )
             except aiohttp.ClientConnectorError as e:
                 # The connection never opened, so nothing was sent: safe to try again.
                 if attempt + 1 == attempts:
@@ -154,10 +153,11 @@ class Transport:
     async def _read(self, url: URL, endpoint: str) -> Any:
         attempts = self.settings.query_attempts
         for attempt in range(attempts):
-            await self.query_limiter.acquire()
             last = attempt + 1 == attempts
             try:
-                status, raw, retry_after = await self._exchange("GET", url, None)
+                status, raw, retry_after = await self._exchange(
+                    self.query_limiter, "GET", url, None
+                )
                 return read_envelope(status, raw, endpoint=endpoint, retry_after=retry_after)
             except (aiohttp.ClientError, TimeoutError) as e:
                 if last:
@@ -173,15 +173,33 @@ class Transport:
             await asyncio.sleep(backoff_delay(self.settings, attempt))
         raise AssertionError("unreachable: the last attempt raises or returns")
 
-    async def _exchange(self, method: str, url: URL, body: bytes | None) -> _Answer:
-        headers = self._headers
-        if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
-        async with self._session.request(
-            method, url, data=body, headers=headers, timeout=self._timeout
-        ) as resp:
-            raw = await resp.read()
-            return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+    async def _exchange(
+        self,
+        limiter: SlidingWindowLimiter,
+        method: str,
+        url: URL,
+        body: bytes | None,
+        on_send: Callable[[], object] | None = None,
+    ) -> _Answer:
+        """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
+        await limiter.acquire()
+        sent = True
+        try:
+            if on_send is not None:
+                on_send()
+            headers = self._headers
+            if body is not None:
+                headers = {**headers, "Content-Type": "application/json"}
+            async with self._session.request(
+                method, url, data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorError:
+            sent = False  # the connection never opened: the service counted nothing
+            raise
+        finally:
+            limiter.release(sent=sent)
 
     def _pause(self, limiter: SlidingWindowLimiter, e: RateLimited, attempt: int) -> None:
         delay = e.retry_after

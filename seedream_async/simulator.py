@@ -176,7 +176,9 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> URL:
         """Serve on ``host:port`` (0: any free port) and return the base URL."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -70,9 +70,9 @@ async def make_client(sim: Simulator) -> AsyncIterator[ClientFactory]:
 
 
 @pytest.fixture
-def virtual_clock() -> Iterator[Callable[[float], None]]:
+async def virtual_clock() -> AsyncIterator[Callable[[float], None]]:
     """Replace the running loop's clock with one the test advances by hand."""
-    loop = asyncio.get_event_loop_policy().get_event_loop()
+    loop = asyncio.get_running_loop()
     now = [loop.time()]
     original = loop.time
     loop.time = lambda: now[0]  # type: ignore[method-assign]

@@ -1,0 +1,256 @@
+"""Every quirk of the wire format listed in API.md, in one converter."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from seedream_async import (
+    ApiError,
+    AuthenticationError,
+    FeatureDisabled,
+    InsufficientCredits,
+    NotFound,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    ServiceUnavailable,
+    TaskState,
+    UsageLimitExceeded,
+)
+from seedream_async._wire import (
+    MalformedPayload,
+    create_task_body,
+    parse_callback,
+    parse_create_body,
+    parse_credits,
+    parse_record,
+    parse_retry_after,
+    parse_task_id,
+    read_envelope,
+    record_to_wire,
+)
+from tests.conftest import request
+
+LIVE_RECORD = {
+    "taskId": "task_1",
+    "model": "seedream/4.5-edit",
+    "state": "success",
+    "param": json.dumps(json.dumps({"model": "seedream/4.5-edit"})),
+    "resultJson": '{"resultUrls":["https://tempfile.aiquickdraw.com/a.jpeg"]}',
+    "failCode": None,
+    "failMsg": None,
+    "costTime": 274,
+    "completeTime": 1774509366025,
+    "createTime": 1774509092129,
+    "updateTime": 1774509366025,
+}
+
+
+def test_live_record() -> None:
+    rec = parse_record(LIVE_RECORD)
+    assert rec.task_id == "task_1"
+    assert rec.state is TaskState.SUCCESS
+    assert rec.result_urls == (URL("https://tempfile.aiquickdraw.com/a.jpeg"),)
+    assert rec.complete_time == datetime(2026, 3, 26, 7, 16, 6, 25000, tzinfo=UTC)
+    assert rec.fail_code is None
+    assert rec.credits_consumed is None
+
+
+@pytest.mark.parametrize("result_json", ["", None, {"resultUrls": []}, '{"resultUrls":[]}'])
+def test_empty_results(result_json: object) -> None:
+    rec = parse_record({**LIVE_RECORD, "state": "generating", "resultJson": result_json})
+    assert rec.result_urls == ()
+    assert not rec.is_final
+
+
+def test_result_json_as_object() -> None:
+    rec = parse_record({**LIVE_RECORD, "resultJson": {"resultUrls": ["https://x/y.png"]}})
+    assert rec.result_urls == (URL("https://x/y.png"),)
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [(500, "500"), ("GENERATION_FAILED", "GENERATION_FAILED"), ("", None), (None, None)],
+)
+def test_fail_code_forms(raw: object, parsed: str | None) -> None:
+    rec = parse_record({**LIVE_RECORD, "state": "fail", "failCode": raw, "failMsg": ""})
+    assert rec.fail_code == parsed
+    assert rec.fail_msg is None
+
+
+def test_missing_times_and_unknown_fields() -> None:
+    data = {"taskId": "t", "state": "queuing", "brandNew": {"x": 1}}
+    rec = parse_record(data)
+    assert rec.update_time is None
+    assert rec.create_time is None
+    assert rec.state is TaskState.QUEUING
+
+
+def test_unknown_state_keeps_raw() -> None:
+    rec = parse_record({"taskId": "t", "state": "teleporting"})
+    assert rec.state is TaskState.UNKNOWN
+    assert rec.raw_state == "teleporting"
+
+
+@pytest.mark.parametrize("key", ["creditsConsumed", "consumeCredits"])
+def test_credit_keys(key: str) -> None:
+    assert parse_record({"taskId": "t", "state": "success", key: 1.23}).credits_consumed == 1.23
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        {"state": "success"},
+        {"taskId": "t"},
+        {"taskId": "t", "state": "success", "resultJson": "{not json"},
+        {"taskId": "t", "state": "success", "resultJson": '{"resultUrls": "x"}'},
+        {"taskId": "t", "state": "success", "createTime": "yesterday"},
+    ],
+)
+def test_malformed_records(data: Any) -> None:
+    with pytest.raises(MalformedPayload):
+        parse_record(data)
+
+
+def test_record_round_trips_both_schemas() -> None:
+    rec = parse_record({**LIVE_RECORD, "creditsConsumed": 2.5})
+    assert parse_record(record_to_wire(rec)) == rec
+    old = record_to_wire(rec, old_schema=True)
+    assert "creditsConsumed" not in old
+    assert parse_record(old) == rec
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": 200, "data": {"taskId": "t", "state": "success"}},
+        {"code": 200, "data": {"task_id": "t", "state": "success"}},
+        {"code": 200, "taskId": "t", "data": {"state": "success"}},
+    ],
+)
+def test_callback_task_id_places(body: dict[str, Any]) -> None:
+    assert parse_callback(json.dumps(body).encode()).task_id == "t"
+
+
+def test_failed_callback() -> None:
+    body = {
+        "code": 501,
+        "msg": "Playground task failed.",
+        "data": {
+            "taskId": "t",
+            "state": "fail",
+            "failCode": "500",
+            "failMsg": "boom",
+            "resultJson": None,
+        },
+    }
+    rec = parse_callback(json.dumps(body).encode())
+    assert rec.state is TaskState.FAIL
+    assert (rec.fail_code, rec.fail_msg) == ("500", "boom")
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b'{"data": 1}', b'{"data": {"state": 1}}']
+)
+def test_not_a_callback(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        parse_callback(body)
+
+
+def _env(code: int, key: str = "msg", data: object = None) -> bytes:
+    return json.dumps({"code": code, key: "why", "data": data}).encode()
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (400, RequestRejected),
+        (401, AuthenticationError),
+        (402, InsufficientCredits),
+        (404, NotFound),
+        (408, ApiError),
+        (422, RequestRejected),
+        (429, RateLimited),
+        (433, UsageLimitExceeded),
+        (455, ServiceUnavailable),
+        (500, ServerError),
+        (501, ServerError),
+        (505, FeatureDisabled),
+    ],
+)
+@pytest.mark.parametrize("key", ["msg", "message"])
+def test_business_errors_inside_http_200(code: int, cls: type[ApiError], key: str) -> None:
+    with pytest.raises(cls) as info:
+        read_envelope(200, _env(code, key), endpoint="x")
+    assert info.value.code == code
+    assert info.value.http_status == 200
+    assert info.value.message == "why"
+    assert type(info.value) is cls
+
+
+def test_http_429_with_retry_after() -> None:
+    with pytest.raises(RateLimited) as info:
+        read_envelope(429, b"Too Many Requests", endpoint="x", retry_after=3.0)
+    assert info.value.retry_after == 3.0
+    with pytest.raises(RateLimited):
+        read_envelope(429, _env(429), endpoint="x")
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (403, b"error code: 1010"),
+        (502, b"<html>502 Bad Gateway</html>"),
+        (503, b""),
+        (200, b"<html>"),
+    ],
+)
+def test_non_json_answers_are_server_errors(status: int, body: bytes) -> None:
+    with pytest.raises(ServerError) as info:
+        read_envelope(status, body, endpoint="x")
+    assert info.value.http_status == status
+
+
+def test_json_with_bad_http_status() -> None:
+    with pytest.raises(ServerError) as info:
+        read_envelope(500, _env(200), endpoint="x")
+    assert info.value.code == 500
+
+
+def test_success_answers() -> None:
+    data = read_envelope(200, _env(200, data={"taskId": "t", "recordId": "r"}), endpoint="x")
+    assert parse_task_id(data) == "t"
+    assert parse_credits(read_envelope(200, _env(200, data=72.62), endpoint="x")) == 72.62
+    for bad in [None, {}, {"taskId": ""}]:
+        with pytest.raises(MalformedPayload):
+            parse_task_id(bad)
+    for bad_credit in [None, True, "lots", {}]:
+        with pytest.raises(MalformedPayload):
+            parse_credits(bad_credit)
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:10 GMT", now) == 10.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_create_body_round_trip() -> None:
+    req = request(3)
+    body = json.loads(create_task_body(req, URL("https://cb.example/x")))
+    assert body["model"] == "seedream/4.5-edit"
+    assert body["input"] == {
+        "prompt": "edit number 3",
+        "image_urls": ["https://img.example/3.png"],
+        "aspect_ratio": "1:1",
+        "quality": "basic",
+    }
+    assert parse_create_body(body) == (req, URL("https://cb.example/x"))
