@@ -121,6 +121,7 @@ class SeedreamClient:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = 0
         self._registry = Registry()
+        self._registry.on_resolved = self._resolved
         self._transport: Transport | None = None
         self._poller: Poller | None = None
         #: Callback confirmations and resume watchers, cancelled by aclose().
@@ -299,12 +300,12 @@ class SeedreamClient:
                 create.add_done_callback(lambda f: self._settle(pending, f, on_accepted))
             else:
                 create.cancel()
-                pending.future.cancel()
+                self._registry.drop(pending)
             raise
         except SubmissionUnknown as e:
             return await self._await_unknown(pending, e, on_accepted)
         except BaseException:
-            pending.future.cancel()
+            self._registry.drop(pending)
             raise
         self._accepted(pending, task_id, on_accepted)
         return TaskHandle(self, pending)
@@ -334,7 +335,6 @@ class SeedreamClient:
             deadline=now + self.settings.task_deadline,
         )
         self._registry.add(pending)
-        pending.future.add_done_callback(self._resolved)
         self._spawn(self._watch_resumed(pending))
         return TaskHandle(self, pending)
 
@@ -365,17 +365,15 @@ class SeedreamClient:
             request=request,
             created=now,
             deadline=now + self.settings.task_deadline,
+            holds_slot=True,
         )
         self._registry.add(pending)
-        pending.future.add_done_callback(self._release_slot)
         return pending
 
-    def _release_slot(self, _: object) -> None:
-        self._in_flight -= 1
-        self._slots.release()
-        self._resolved(_)
-
-    def _resolved(self, _: object) -> None:
+    def _resolved(self, pending: Pending) -> None:
+        if pending.holds_slot:
+            self._in_flight -= 1
+            self._slots.release()
         if self._poller is not None:
             self._poller.discard()
 
@@ -391,18 +389,18 @@ class SeedreamClient:
     ) -> None:
         """Finish a submission whose caller was cancelled after createTask went out."""
         if create.cancelled():
-            pending.future.cancel()
+            self._registry.drop(pending)
         elif isinstance(error := create.exception(), SubmissionUnknown):
             self._watch_unknown(pending, error)
         elif error is not None:
-            pending.future.cancel()
+            self._registry.drop(pending)
         else:
             self._accepted(pending, create.result(), on_accepted)
 
     def _watch_unknown(self, pending: Pending, error: SubmissionUnknown) -> bool:
         """Keep a lost-answer submission's token live until its deadline; False if polling."""
         if self._receiver is None or self._poller is None:
-            pending.future.cancel()
+            self._registry.drop(pending)
             return False
         pending.unknown = error
         self._poller.watch(pending)

@@ -39,6 +39,7 @@ class Pending:
         "deadline",
         "due",
         "future",
+        "holds_slot",
         "polled",
         "request",
         "task_id",
@@ -55,8 +56,11 @@ class Pending:
         request: EditRequest | None,
         created: float,
         deadline: float,
+        holds_slot: bool = False,
     ) -> None:
         self.future = future
+        #: It counts against the client's ``max_in_flight`` until resolved.
+        self.holds_slot = holds_slot
         self.token = token
         self.task_id = task_id
         self.request = request
@@ -78,7 +82,7 @@ class Pending:
 class Registry:
     """Every ``Pending`` of one client, by token and by task id."""
 
-    __slots__ = ("_by_task", "_by_token", "_finished", "on_callback")
+    __slots__ = ("_by_task", "_by_token", "_finished", "on_callback", "on_resolved")
 
     def __init__(self) -> None:
         self._by_token: dict[str, Pending] = {}
@@ -86,6 +90,8 @@ class Registry:
         self._finished: OrderedDict[str, str] = OrderedDict()
         #: Called with each accepted callback record; the client may confirm it first.
         self.on_callback: Callable[[Pending, TaskRecord], None] = self.finish
+        #: Called synchronously as each pending task is resolved, whichever way.
+        self.on_resolved: Callable[[Pending], None] = lambda _: None
 
     def add(self, pending: Pending) -> None:
         """Track ``pending`` under its token and task id, whichever it has."""
@@ -93,7 +99,6 @@ class Registry:
             self._by_token[pending.token] = pending
         if pending.task_id is not None:
             self._by_task[pending.task_id] = pending
-        pending.future.add_done_callback(lambda _: self._forget(pending))
 
     def get_task(self, task_id: str) -> Pending | None:
         """Return the pending task with this id, if it is tracked."""
@@ -139,6 +144,7 @@ class Registry:
         """Resolve with a final record, unless something resolved it first."""
         if not pending.future.done():
             pending.future.set_result(record)
+            self._resolved(pending)
 
     def fail(self, pending: Pending, error: BaseException) -> None:
         """Resolve with an error, unless something resolved it first."""
@@ -146,6 +152,17 @@ class Registry:
             pending.future.set_exception(error)
             # Nobody may be awaiting (a cancelled caller): don't log it as never retrieved.
             pending.future.exception()
+            self._resolved(pending)
+
+    def drop(self, pending: Pending) -> None:
+        """Stop tracking a submission that never reached the service."""
+        if not pending.future.done():
+            pending.future.cancel()
+            self._resolved(pending)
+
+    def _resolved(self, pending: Pending) -> None:
+        self._forget(pending)
+        self.on_resolved(pending)
 
     def _forget(self, pending: Pending) -> None:
         if pending.token is not None:
