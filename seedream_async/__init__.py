@@ -6,6 +6,7 @@ receiver (polling is the safety net, or the mode where nothing can call back), a
 batches that survive crashes without paying twice.
 """
 
+from ._batch import BatchItem, BatchProgress
 from ._client import ClientState, SeedreamClient, TaskHandle
 from ._config import PollSchedule, Settings
 from ._errors import (
@@ -35,6 +36,8 @@ __all__ = [
     "ApiError",
     "AspectRatio",
     "AuthenticationError",
+    "BatchItem",
+    "BatchProgress",
     "CallbackReceiver",
     "ClientClosed",
     "ClientState",

@@ -7,15 +7,20 @@ import enum
 import logging
 import secrets
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import attrs
 from yarl import URL
 
+from ._batch import BatchItem, BatchProgress, BatchRunner
 from ._config import Settings, resolve_api_key, resolve_base_url
+from ._downloads import Downloader
 from ._errors import ApiError, ClientClosed, InvalidRequest, SubmissionUnknown, TaskFailed
+from ._journal import Journal
 from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
@@ -124,8 +129,9 @@ class SeedreamClient:
         self._registry.on_resolved = self._resolved
         self._transport: Transport | None = None
         self._poller: Poller | None = None
+        self._downloader: Downloader | None = None
         #: Callback confirmations and resume watchers, cancelled by aclose().
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         mode = "callbacks" if self._receiver is not None else "polling"
@@ -347,6 +353,92 @@ class SeedreamClient:
         assert self._poller is not None
         self._poller.watch(pending, poll_now=True)
 
+    async def reconcile(self, token: str | None, request: EditRequest) -> TaskHandle:
+        """
+        Learn what became of a submission whose createTask answer never came (say, in a run
+        that was killed): wait until its deadline for the callback on its ``token``. Raises
+        ``SubmissionUnknown`` when nothing can tell; never submits anything.
+        """
+        await self._open()
+        unknown = SubmissionUnknown(
+            "createTask was sent in an earlier run and its answer never came", request=request
+        )
+        if token is None or self._receiver is None:
+            raise unknown
+        if (known := self._registry.get_token(token)) is not None:
+            await asyncio.shield(known.future)
+            return TaskHandle(self, known)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = Pending(
+            loop.create_future(),
+            token=token,
+            task_id=None,
+            request=request,
+            created=now,
+            deadline=now + self.settings.task_deadline,
+        )
+        self._registry.add(pending)
+        return await self._await_unknown(pending, unknown, None)
+
+    # --- batches ------------------------------------------------------------------------------
+
+    async def edit_many(
+        self,
+        requests: Iterable[EditRequest] | AsyncIterable[EditRequest],
+        *,
+        journal: str | Path | None = None,
+        ordered: bool = False,
+        download_to: str | Path | None = None,
+        progress: BatchProgress | None = None,
+    ) -> AsyncIterator[BatchItem]:
+        """
+        Edit every request, yielding one ``BatchItem`` per input as tasks end.
+
+        ``requests`` is consumed lazily (memory follows ``max_in_flight``). ``journal`` (a
+        SQLite file) makes a rerun skip finished inputs and never pay twice; ``ordered``
+        yields in input order; ``download_to`` saves each result's images as soon as it ends;
+        ``progress`` is updated live.
+        """
+        await self._open()
+        opened = Journal(journal) if journal is not None else None
+        runner = BatchRunner(
+            self,
+            journal=opened,
+            owns_journal=True,
+            download_to=Path(download_to) if download_to is not None else None,
+            progress=progress or BatchProgress(),
+        )
+        async for item in runner.run(requests, ordered=ordered):
+            yield item
+
+    async def download(self, result: EditResult, directory: str | Path) -> list[Path]:
+        """Save a result's images in ``directory`` as ``{task_id}_{n}{suffix}``."""
+        downloader = await self.downloader()
+        return await downloader.fetch_all(result.urls, Path(directory), result.task_id)
+
+    @property
+    def max_batch_window(self) -> int:
+        """How many inputs a batch keeps in progress at once."""
+        return self.settings.max_in_flight
+
+    def new_token(self) -> str | None:
+        """Return a fresh callback token, or None when polling."""
+        return secrets.token_urlsafe(18) if self._receiver is not None else None
+
+    async def downloader(self) -> Downloader:
+        """The client's downloader of result images (on its session)."""
+        await self._open()
+        if self._downloader is None:
+            assert self._session is not None
+            self._downloader = Downloader(self._session, self.settings)
+        return self._downloader
+
+    def adopt(self, task: asyncio.Task[object]) -> None:
+        """Keep a background task alive until it ends or the client closes."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # --- internals --------------------------------------------------------------------------
 
     def _callback_url(self, token: str) -> URL:
@@ -357,7 +449,7 @@ class SeedreamClient:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._receiver is not None:
-            token = token or secrets.token_urlsafe(18)
+            token = token or self.new_token()
         pending = Pending(
             loop.create_future(),
             token=token if self._receiver is not None else None,

@@ -1,0 +1,371 @@
+"""
+``edit_many``: a lazy, bounded, crash-safe batch over a client.
+
+Inputs are pulled only as slots free up, so memory depends on ``max_in_flight``, not on how
+many inputs there are. Every input yields exactly one ``BatchItem``; one failure never stops
+the batch. With a journal, a rerun takes finished inputs from it, re-attaches accepted tasks
+by id, reconciles unanswered submissions by their callback token, and submits only inputs
+never sent. Breaking out stops new submissions; accepted tasks are still tracked (and
+journaled) to their end.
+
+This module sits below the client: it needs only the ``BatchClient`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from ._downloads import Downloader
+from ._errors import (
+    DownloadError,
+    InvalidRequest,
+    SeedreamError,
+    SubmissionUnknown,
+    TaskFailed,
+    TaskTimeout,
+)
+from ._journal import Entry, Journal, Stage
+from ._models import EditRequest, EditResult
+from ._waiters import Pending
+
+
+class Handle(Protocol):
+    """What the batch needs of a task handle."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    async def result(self) -> EditResult: ...
+
+
+class BatchClient(Protocol):
+    """What the batch needs of a client."""
+
+    @property
+    def max_batch_window(self) -> int: ...
+
+    def new_token(self) -> str | None: ...
+
+    async def submit_tracked(
+        self,
+        request: EditRequest,
+        *,
+        token: str | None = None,
+        on_accepted: Callable[[Pending], object] | None = None,
+        on_sent: Callable[[], object] | None = None,
+    ) -> Handle: ...
+
+    def resume(
+        self, task_id: str, *, request: EditRequest | None = None, token: str | None = None
+    ) -> Handle: ...
+
+    async def reconcile(self, token: str | None, request: EditRequest) -> Handle: ...
+
+    async def downloader(self) -> Downloader: ...
+
+    def adopt(self, task: asyncio.Task[object]) -> None: ...
+
+
+class Status:
+    """The outcome names a ``BatchItem`` reports."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DOWNLOAD_FAILED = "download_failed"
+    ERROR = "error"
+
+
+@attrs.frozen(kw_only=True)
+class BatchItem:
+    """One input's outcome: its ``result`` or its ``error`` (both if a download failed)."""
+
+    index: int
+    request: EditRequest | None
+    result: EditResult | None = None
+    error: BaseException | None = None
+    #: Where its images were saved, with ``download_to``.
+    files: tuple[Path, ...] = ()
+    #: True when the outcome came from the journal of an earlier run.
+    from_journal: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the edit succeeded (and its download, if asked for)."""
+        return self.result is not None and self.error is None
+
+    @property
+    def status(self) -> str:
+        """``succeeded``, ``failed``, ``unknown``, ``download_failed`` or ``error``."""
+        if self.result is not None:
+            return Status.SUCCEEDED if self.error is None else Status.DOWNLOAD_FAILED
+        if isinstance(self.error, TaskFailed):
+            return Status.FAILED
+        if isinstance(self.error, SubmissionUnknown | TaskTimeout):
+            return Status.UNKNOWN
+        return Status.ERROR
+
+
+@attrs.define(kw_only=True)
+class BatchProgress:
+    """Live counts of a batch; pass one to ``edit_many`` and read it while it runs."""
+
+    #: Inputs in total, when the caller knows (the CLI counts manifest lines).
+    total: int | None = None
+    pulled: int = 0
+    #: createTask calls the service accepted in this run.
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    unknown: int = 0
+    errors: int = 0
+    #: Outcomes taken from the journal of an earlier run.
+    from_journal: int = 0
+    credits: float = 0.0
+    started: float = attrs.field(factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        """Inputs with an outcome."""
+        return self.succeeded + self.failed + self.unknown + self.errors
+
+    @property
+    def running(self) -> int:
+        """Inputs pulled and not yet ended."""
+        return self.pulled - self.done
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the batch started."""
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        """Outcomes per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def count(self, item: BatchItem) -> None:
+        """Add one outcome."""
+        status = item.status
+        if status == Status.SUCCEEDED:
+            self.succeeded += 1
+        elif status == Status.FAILED:
+            self.failed += 1
+        elif status == Status.UNKNOWN:
+            self.unknown += 1
+        else:
+            self.errors += 1
+        if item.from_journal:
+            self.from_journal += 1
+        elif item.result is not None and item.result.record.credits_consumed:
+            self.credits += item.result.record.credits_consumed
+
+
+class _Slot:
+    """One input in progress; ``sent`` once its createTask may have gone out."""
+
+    __slots__ = ("index", "request", "sent", "task")
+
+    def __init__(self, index: int, request: EditRequest | None) -> None:
+        self.index = index
+        self.request = request
+        self.sent = False
+        self.task: asyncio.Task[BatchItem] | None = None
+
+
+class BatchRunner:
+    """Runs one ``edit_many`` call."""
+
+    def __init__(
+        self,
+        client: BatchClient,
+        *,
+        journal: Journal | None,
+        owns_journal: bool,
+        download_to: Path | None,
+        progress: BatchProgress,
+    ) -> None:
+        self._client = client
+        self._journal = journal
+        self._owns_journal = owns_journal
+        self._download_to = download_to
+        self.progress = progress
+        self._running: dict[int, _Slot] = {}
+        self._done: asyncio.Queue[asyncio.Task[BatchItem]] = asyncio.Queue()
+        self._closed = False
+
+    async def run(
+        self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
+    ) -> AsyncIterator[BatchItem]:
+        """Yield one item per input, as tasks end (or in input order)."""
+        window = self._client.max_batch_window
+        inputs = _aiter(requests)
+        exhausted = False
+        waiting: dict[int, BatchItem] = {}
+        next_index = 0
+        index = 0
+        try:
+            while True:
+                while not exhausted and len(self._running) + len(waiting) < window:
+                    try:
+                        request = await anext(inputs)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    self._start(index, request)
+                    index += 1
+                if not self._running and not waiting:
+                    return
+                item = await self._next_done()
+                if not ordered:
+                    yield item
+                    continue
+                waiting[item.index] = item
+                while next_index in waiting:
+                    yield waiting.pop(next_index)
+                    next_index += 1
+        finally:
+            self._stop()
+
+    def _start(self, index: int, request: object) -> None:
+        self.progress.pulled += 1
+        slot = _Slot(index, request if isinstance(request, EditRequest) else None)
+        self._running[index] = slot
+        slot.task = asyncio.create_task(self._item(slot, request))
+        slot.task.add_done_callback(self._done.put_nowait)
+
+    async def _next_done(self) -> BatchItem:
+        task = await self._done.get()
+        item = task.result()  # a journal or disk failure is fatal for the batch
+        del self._running[item.index]
+        self.progress.count(item)
+        return item
+
+    def _stop(self) -> None:
+        """Stop new submissions; let accepted tasks run to their end (and journal)."""
+        self._closed = True
+        for slot in self._running.values():
+            assert slot.task is not None
+            if slot.sent:
+                slot.task.add_done_callback(self._maybe_close_journal)
+                self._client.adopt(slot.task)
+            else:
+                slot.task.cancel()
+        self._running = {i: s for i, s in self._running.items() if s.sent}
+        self._maybe_close_journal(None)
+
+    def _maybe_close_journal(self, task: asyncio.Task[BatchItem] | None) -> None:
+        if task is not None:
+            self._running.pop(_index_of(task, self._running), None)
+        if self._closed and not self._running and self._owns_journal and self._journal:
+            self._journal.close()
+
+    async def _item(self, slot: _Slot, request: object) -> BatchItem:
+        if not isinstance(request, EditRequest):
+            error = InvalidRequest("requests", f"input {slot.index} is not an EditRequest")
+            return BatchItem(index=slot.index, request=None, error=error)
+        entry = self._journal.get(slot.index, request) if self._journal else None
+        if entry is not None and entry.stage.is_final:
+            return await self._from_journal(entry, request)
+        slot.sent = entry is not None
+        try:
+            handle = await self._handle(slot, request, entry)
+            result = await handle.result()
+        except SeedreamError as e:
+            return self._ended(slot, request, e)
+        if self._journal:
+            self._journal.succeeded(slot.index, result)
+        return await self._download(slot.index, request, result)
+
+    async def _handle(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> Handle:
+        if entry is not None and entry.task_id is not None:
+            return self._client.resume(entry.task_id, request=request, token=entry.token)
+        if entry is not None:  # sent in an earlier run, answer never journaled
+            return await self._client.reconcile(entry.token, request)
+        token = self._client.new_token()
+        journal = self._journal
+
+        def on_sent() -> None:
+            slot.sent = True
+            if journal:
+                journal.sending(slot.index, request, token)
+
+        def on_accepted(pending: Pending) -> None:
+            self.progress.submitted += 1
+            if journal and pending.task_id:
+                journal.accepted(slot.index, pending.task_id)
+
+        return await self._client.submit_tracked(
+            request, token=token, on_sent=on_sent, on_accepted=on_accepted
+        )
+
+    def _ended(self, slot: _Slot, request: EditRequest, error: SeedreamError) -> BatchItem:
+        item = BatchItem(index=slot.index, request=request, error=error)
+        journal = self._journal
+        if journal is None:
+            return item
+        if isinstance(error, TaskFailed):
+            journal.ended(slot.index, Stage.FAILED, error)
+        elif isinstance(error, SubmissionUnknown):
+            journal.ended(slot.index, Stage.UNKNOWN, error)
+        elif not slot.sent:
+            journal.forget(slot.index)  # refused before anything was sent: a rerun may send
+        # Otherwise (a deadline, the client closing) the task id stays: a rerun resumes it.
+        return item
+
+    async def _from_journal(self, entry: Entry, request: EditRequest) -> BatchItem:
+        if entry.stage is not Stage.SUCCEEDED or entry.record is None:
+            error = _journaled_error(entry)
+            return BatchItem(index=entry.index, request=request, error=error, from_journal=True)
+        result = EditResult(
+            task_id=entry.record.task_id,
+            urls=entry.record.result_urls,
+            record=entry.record,
+            request=request,
+        )
+        item = await self._download(entry.index, request, result)
+        return attrs.evolve(item, from_journal=True)
+
+    async def _download(self, index: int, request: EditRequest, result: EditResult) -> BatchItem:
+        if self._download_to is None:
+            return BatchItem(index=index, request=request, result=result)
+        downloader = await self._client.downloader()
+        try:
+            files = await downloader.fetch_all(result.urls, self._download_to, f"{index:06d}")
+        except DownloadError as e:
+            return BatchItem(index=index, request=request, result=result, error=e)
+        if self._journal:
+            self._journal.downloaded(index, files)
+        return BatchItem(index=index, request=request, result=result, files=tuple(files))
+
+
+def _journaled_error(entry: Entry) -> SeedreamError:
+    message = f"from the journal: {entry.error}"
+    if entry.stage is Stage.FAILED:
+        task_id = entry.task_id or "?"
+        return TaskFailed(task_id, None, message)
+    return SubmissionUnknown(message, request=None)
+
+
+def _index_of(task: asyncio.Task[BatchItem], running: dict[int, _Slot]) -> int:
+    for index, slot in running.items():
+        if slot.task is task:
+            return index
+    return -1
+
+
+async def _aiter(
+    requests: Iterable[EditRequest] | AsyncIterable[EditRequest],
+) -> AsyncIterator[EditRequest]:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield request
+    else:
+        for request in requests:
+            yield request

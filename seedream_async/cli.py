@@ -1,0 +1,475 @@
+"""
+``seedream-async``: batch edits, single edits, task status and credits from a shell.
+
+The only module that prints. Every command takes ``--simulate`` to run against an
+in-process simulator with no key and no network. Exit codes: 0 all went well, 1 some edits
+failed or ended unknown, 2 bad input (arguments, manifest, missing key), 3 the service
+refused or could not be reached, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import attrs
+
+from ._batch import BatchItem, BatchProgress
+from ._client import SeedreamClient
+from ._config import API_KEY_ENV, Settings
+from ._errors import ApiError, InvalidRequest, SeedreamError
+from ._models import AspectRatio, EditRequest, EditResult, Quality
+from ._receiver import CallbackReceiver
+from ._wire import record_to_wire
+from .simulator import Simulator, SimulatorConfig
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MANIFEST_FIELDS = frozenset(("prompt", "image_urls", "aspect_ratio", "quality", "nsfw_checker"))
+
+EPILOG = f"""
+examples:
+  seedream-async batch examples/manifest.jsonl --simulate --download-to out/images
+  {API_KEY_ENV}=... seedream-async batch edits.jsonl --journal edits.journal --out results.jsonl
+  seedream-async edit --prompt "make the sky purple" --image https://example.com/a.png
+  seedream-async task task_seedream_1765172101886
+  seedream-async credits
+
+A manifest is JSON Lines, one edit per line:
+  {{"prompt": "...", "image_urls": ["https://..."], "aspect_ratio": "16:9", "quality": "high"}}
+or CSV with a header (prompt,image_urls,aspect_ratio,quality; image URLs separated by '|').
+
+Callbacks: --listen HOST:PORT serves the callback receiver, and --public-url is what the
+service must call (a tunnel or load balancer in front of it). Without --listen, tasks are
+polled. With a --journal, an interrupted or killed batch resumes where it stopped and never
+pays twice: run the same command again.
+"""
+
+
+class UsageError(Exception):
+    """Bad input from the command line or the manifest (exit 2)."""
+
+
+# --- the manifest ---------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> Iterator[EditRequest]:
+    """Yield the manifest's requests lazily; ``UsageError`` names a bad line."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = _csv_rows(f) if path.suffix.lower() == ".csv" else _jsonl_rows(f)
+            for line, fields in rows:
+                yield _request(path, line, fields)
+    except OSError as e:
+        raise UsageError(f"cannot read manifest {path}: {e.strerror or e}") from e
+
+
+def _jsonl_rows(f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, text in enumerate(f, start=1):
+        if not text.strip():
+            continue
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"line {line}: not JSON ({e.msg})") from e
+        if not isinstance(fields, dict):
+            raise UsageError(f"line {line}: expected a JSON object")
+        yield line, fields
+
+
+def _csv_rows(f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(f)
+    for row in reader:
+        fields: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "")}
+        if not fields:
+            continue
+        urls = fields.get("image_urls", "")
+        fields["image_urls"] = [u for u in urls.replace("|", " ").split() if u]
+        if "nsfw_checker" in fields:
+            fields["nsfw_checker"] = fields["nsfw_checker"].strip().lower() in ("1", "true")
+        yield reader.line_num, fields
+
+
+def _request(path: Path, line: int, fields: dict[str, Any]) -> EditRequest:
+    unknown = set(fields) - MANIFEST_FIELDS
+    if unknown:
+        raise UsageError(f"{path}:{line}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        return EditRequest(**fields)
+    except InvalidRequest as e:
+        raise UsageError(f"{path}:{line}: {e}") from e
+    except TypeError as e:
+        raise UsageError(f"{path}:{line}: {e}") from e
+
+
+def check_manifest(path: Path) -> int:
+    """Validate every line before anything is paid for; return the number of edits."""
+    return sum(1 for _ in read_manifest(path))
+
+
+# --- the client and the simulator -----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]:
+    """A client for the command line's options, against a simulator with ``--simulate``."""
+    settings = Settings(
+        max_in_flight=args.max_in_flight,
+        task_deadline=args.deadline,
+    )
+    receiver = None
+    listen = args.listen or ("127.0.0.1:0" if args.simulate else None)
+    if listen:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--listen needs HOST:PORT, got {listen!r}")
+        receiver = CallbackReceiver(host, int(port), public_url=args.public_url)
+    elif args.public_url:
+        raise UsageError("--public-url needs --listen")
+    async with contextlib.AsyncExitStack() as stack:
+        api_key, base_url = None, args.base_url
+        if args.simulate:
+            sim = Simulator(simulated_service())
+            await sim.start()
+            stack.push_async_callback(sim.aclose)
+            api_key, base_url = "simulated", sim.url
+            # The simulator enforces the account's 20 per 10 s, five times faster.
+            settings = attrs.evolve(settings, create_rate=20, create_period=2.0)
+        client = SeedreamClient(api_key, base_url=base_url, callbacks=receiver, settings=settings)
+        await stack.enter_async_context(client)
+        yield client
+
+
+def simulated_service() -> SimulatorConfig:
+    """The service ``--simulate`` runs: realistic latency and the account limit, scaled."""
+    return SimulatorConfig(
+        latency=(0.3, 1.5),
+        create_limit=(20, 2.0),
+        seed=7,
+    )
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def cmd_batch(args: argparse.Namespace) -> int:
+    """Run a manifest; write results JSONL; show progress and a summary."""
+    from rich.console import Console  # noqa: PLC0415 (the [cli] extra, checked in main)
+
+    manifest = Path(args.manifest)
+    total = check_manifest(manifest)
+    out = Path(args.out or manifest.with_suffix(".results.jsonl").name)
+    journal = args.journal
+    if journal is None and not args.simulate:
+        journal = str(out.with_suffix(".journal"))
+    console = Console(stderr=True)
+    progress = BatchProgress(total=total)
+    console.print(
+        f"[bold]{total}[/] edits from {manifest}"
+        + (f", journal {journal}" if journal else "")
+        + (" [dim](simulated service)[/]" if args.simulate else "")
+    )
+    async with open_client(args) as client:
+        await _preflight(client)
+        # Lines are small and flushed one by one: blocking writes cost microseconds.
+        with (
+            out.open("w", encoding="utf-8") as results,  # noqa: ASYNC230
+            _live_progress(progress, console, quiet=args.quiet),
+        ):
+            async for item in client.edit_many(
+                read_manifest(manifest),
+                journal=journal,
+                ordered=args.ordered,
+                download_to=args.download_to,
+                progress=progress,
+            ):
+                results.write(json.dumps(item_line(item)) + "\n")
+                results.flush()
+    _summary(progress, out, args.download_to, Console())
+    return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
+
+
+async def _preflight(client: SeedreamClient) -> None:
+    """Fail fast, with one clear line, when the service cannot be reached or refuses us."""
+    await client.credits()
+
+
+def item_line(item: BatchItem) -> dict[str, Any]:
+    """One line of the results JSONL."""
+    line: dict[str, Any] = {"index": item.index, "status": item.status}
+    if item.result is not None:
+        line["task_id"] = item.result.task_id
+        line["urls"] = [str(u) for u in item.result.urls]
+        line["credits"] = item.result.record.credits_consumed
+    elif item.error is not None and getattr(item.error, "task_id", None):
+        line["task_id"] = item.error.task_id  # type: ignore[attr-defined]
+    if item.files:
+        line["files"] = [str(f) for f in item.files]
+    if item.error is not None:
+        line["error"] = f"{type(item.error).__name__}: {item.error}"
+    if item.from_journal:
+        line["from_journal"] = True
+    return line
+
+
+@contextlib.contextmanager
+def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Iterator[None]:
+    if quiet:
+        yield
+        return
+    from rich.progress import (  # noqa: PLC0415 (the [cli] extra, checked in main)
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]editing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f}/s"),
+        TextColumn("in flight {task.fields[running]}"),
+        TextColumn("[red]failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        refresh_per_second=5,
+    )
+    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0)
+
+    def update() -> None:
+        failed = progress.failed + progress.unknown + progress.errors
+        bar.update(
+            task,
+            completed=progress.done,
+            rate=progress.rate,
+            running=progress.running,
+            failed=failed,
+        )
+
+    with bar:
+        refresher = _Refresher(update)
+        try:
+            yield
+        finally:
+            refresher.stop()
+            update()
+
+
+class _Refresher:
+    """Calls ``update`` five times a second on the running loop, with one timer."""
+
+    def __init__(self, update: Any) -> None:
+        self._update = update
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(0.2, self._tick)
+
+    def _tick(self) -> None:
+        self._update()
+        self._handle = self._loop.call_later(0.2, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+def _summary(progress: BatchProgress, out: Path, images: str | None, console: Any) -> None:
+    from rich.table import Table  # noqa: PLC0415 (the [cli] extra, checked in main)
+
+    table = Table(title="seedream batch", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("succeeded", f"[green]{progress.succeeded}")
+    table.add_row("failed", f"[red]{progress.failed}" if progress.failed else "0")
+    table.add_row("unknown", f"[yellow]{progress.unknown}" if progress.unknown else "0")
+    if progress.errors:
+        table.add_row("errors", f"[red]{progress.errors}")
+    table.add_row("from journal", str(progress.from_journal))
+    table.add_row("credits spent", f"{progress.credits:g}")
+    table.add_row("wall time", f"{progress.elapsed:.1f} s")
+    console.print(table)
+    console.print(f"results: {out}")
+    if images:
+        console.print(f"images:  {images}")
+
+
+async def cmd_edit(args: argparse.Namespace) -> int:
+    """One edit; print its result as JSON."""
+    try:
+        request = EditRequest(
+            prompt=args.prompt,
+            image_urls=args.image,
+            aspect_ratio=args.aspect_ratio,
+            quality=args.quality,
+        )
+    except InvalidRequest as e:
+        raise UsageError(str(e)) from e
+    async with open_client(args) as client:
+        result = await client.edit(request)
+        files = await client.download(result, args.download_to) if args.download_to else []
+    print(json.dumps(_result_json(result, files), indent=2))
+    return EXIT_OK
+
+
+def _result_json(result: EditResult, files: Sequence[Path]) -> dict[str, Any]:
+    line: dict[str, Any] = {"task_id": result.task_id, "urls": [str(u) for u in result.urls]}
+    if files:
+        line["files"] = [str(f) for f in files]
+    return line
+
+
+async def cmd_task(args: argparse.Namespace) -> int:
+    """Print a task's record as JSON."""
+    async with open_client(args) as client:
+        record = await client.get_task(args.task_id)
+    print(json.dumps(record_to_wire(record), indent=2))
+    return EXIT_OK
+
+
+async def cmd_credits(args: argparse.Namespace) -> int:
+    """Print the account's credit balance."""
+    async with open_client(args) as client:
+        print(f"{await client.credits():g}")
+    return EXIT_OK
+
+
+async def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve the simulator until interrupted."""
+    sim = Simulator(attrs.evolve(simulated_service(), latency=tuple(args.latency)))
+    await sim.start(args.host, args.port)
+    print(f"seedream simulator serving on {sim.url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.aclose()
+    return EXIT_OK
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with a ``--help`` that teaches."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("service")
+    group.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against an in-process simulator (no key, no network)",
+    )
+    group.add_argument("--base-url", help="the service (default: $APIKLEY_BASE_URL or Apikley)")
+    group.add_argument("--listen", metavar="HOST:PORT", help="serve callbacks here")
+    group.add_argument("--public-url", metavar="URL", help="the URL the service calls back")
+    group.add_argument(
+        "--max-in-flight", type=_positive_int, default=100, help="tasks at once (default 100)"
+    )
+    group.add_argument(
+        "--deadline",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="give up on a task after this long (default 900)",
+    )
+    group.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does")
+
+    parser = argparse.ArgumentParser(
+        prog="seedream-async",
+        description="Edit images with Seedream 4.5 Edit on the Apikley jobs API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    batch = sub.add_parser("batch", parents=[common], help="edit every request of a manifest")
+    batch.add_argument("manifest", help="JSONL (or .csv) file, one edit per line")
+    batch.add_argument("--out", help="results JSONL (default: MANIFEST.results.jsonl)")
+    batch.add_argument("--journal", help="SQLite journal that makes reruns resume")
+    batch.add_argument("--download-to", metavar="DIR", help="save result images here")
+    batch.add_argument("--ordered", action="store_true", help="write results in input order")
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(run=cmd_batch)
+
+    edit = sub.add_parser("edit", parents=[common], help="one edit, result as JSON")
+    edit.add_argument("--prompt", required=True)
+    edit.add_argument("--image", action="append", required=True, help="image URL (repeatable)")
+    edit.add_argument("--aspect-ratio", default="1:1", choices=[a.value for a in AspectRatio])
+    edit.add_argument("--quality", default="basic", choices=[q.value for q in Quality])
+    edit.add_argument("--download-to", metavar="DIR", help="save the result images here")
+    edit.set_defaults(run=cmd_edit)
+
+    task = sub.add_parser("task", parents=[common], help="a task's status as JSON")
+    task.add_argument("task_id")
+    task.set_defaults(run=cmd_task)
+
+    credit = sub.add_parser("credits", parents=[common], help="the account's credit balance")
+    credit.set_defaults(run=cmd_credits)
+
+    simulate = sub.add_parser("simulate", help="serve the simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8080)
+    simulate.add_argument("--latency", type=float, nargs=2, default=(0.3, 1.5))
+    simulate.set_defaults(run=cmd_simulate, simulate=False, verbose=False)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script."""
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; map every error to one line and an exit code."""
+    try:
+        import rich  # noqa: F401, PLC0415 (only to give a clear error without the extra)
+    except ImportError:
+        return _fail("the CLI needs its extra: pip install 'seedream-async[cli]'", EXIT_USAGE)
+    started = time.monotonic()
+    try:
+        code: int = asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
+        return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
+    except (UsageError, InvalidRequest) as e:
+        return _fail(str(e), EXIT_USAGE)
+    except ApiError as e:
+        return _fail(_service_message(e, args), EXIT_SERVICE)
+    except SeedreamError as e:
+        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILURES)
+    return code
+
+
+def _service_message(e: ApiError, args: argparse.Namespace) -> str:
+    where = "the simulator" if args.simulate else (args.base_url or "the service")
+    if e.code is None and e.http_status is None:
+        return f"cannot reach {where}: {e.message}"
+    return f"{type(e).__name__} from {where}: {e.message or e}"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"seedream-async: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    main()
