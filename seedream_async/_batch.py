@@ -276,6 +276,14 @@ class BatchRunner:
         slot.sent = entry is not None
         try:
             handle = await self._handle(slot, request, entry)
+        except SubmissionUnknown as e:
+            return self._ended(slot, request, e)
+        except SeedreamError as e:
+            # The service refused it (or it was never sent): no task exists to pay for.
+            if self._journal is not None and entry is None:
+                self._journal.forget(slot.index)
+            return BatchItem(index=slot.index, request=request, error=e)
+        try:
             result = await handle.result()
         except SeedreamError as e:
             return self._ended(slot, request, e)
@@ -314,8 +322,6 @@ class BatchRunner:
             journal.ended(slot.index, Stage.FAILED, error)
         elif isinstance(error, SubmissionUnknown):
             journal.ended(slot.index, Stage.UNKNOWN, error)
-        elif not slot.sent:
-            journal.forget(slot.index)  # refused before anything was sent: a rerun may send
         # Otherwise (a deadline, the client closing) the task id stays: a rerun resumes it.
         return item
 

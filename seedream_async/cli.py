@@ -33,6 +33,7 @@ from ._wire import record_to_wire
 from .simulator import Simulator, SimulatorConfig
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_CREATE_RATE = (20, 10.0)
 MANIFEST_FIELDS = frozenset(("prompt", "image_urls", "aspect_ratio", "quality", "nsfw_checker"))
 
 EPILOG = f"""
@@ -124,6 +125,8 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
     settings = Settings(
         max_in_flight=args.max_in_flight,
         task_deadline=args.deadline,
+        create_rate=args.create_rate[0],
+        create_period=args.create_rate[1],
     )
     receiver = None
     listen = args.listen or ("127.0.0.1:0" if args.simulate else None)
@@ -141,8 +144,9 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
             await sim.start()
             stack.push_async_callback(sim.aclose)
             api_key, base_url = "simulated", sim.url
-            # The simulator enforces the account's 20 per 10 s, five times faster.
-            settings = attrs.evolve(settings, create_rate=20, create_period=2.0)
+            if args.create_rate == DEFAULT_CREATE_RATE:
+                # The simulator enforces the account's 20 per 10 s, five times faster.
+                settings = attrs.evolve(settings, create_rate=20, create_period=2.0)
         client = SeedreamClient(api_key, base_url=base_url, callbacks=receiver, settings=settings)
         await stack.enter_async_context(client)
         yield client
@@ -167,6 +171,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest)
     total = check_manifest(manifest)
     out = Path(args.out or manifest.with_suffix(".results.jsonl").name)
+    out.parent.mkdir(parents=True, exist_ok=True)
     journal = args.journal
     if journal is None and not args.simulate:
         journal = str(out.with_suffix(".journal"))
@@ -381,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up on a task after this long (default 900)",
     )
+    group.add_argument(
+        "--create-rate",
+        type=_rate,
+        default=DEFAULT_CREATE_RATE,
+        metavar="N/SECONDS",
+        help="createTask limit of your account (default 20/10)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does")
 
     parser = argparse.ArgumentParser(
@@ -421,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency", type=float, nargs=2, default=(0.3, 1.5))
     simulate.set_defaults(run=cmd_simulate, simulate=False, verbose=False)
     return parser
+
+
+def _rate(text: str) -> tuple[int, float]:
+    count, _, seconds = text.partition("/")
+    try:
+        rate = (int(count), float(seconds))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N/SECONDS, like 20/10") from None
+    if rate[0] < 1 or rate[1] <= 0:
+        raise argparse.ArgumentTypeError("expected N >= 1 and SECONDS > 0")
+    return rate
 
 
 def _positive_int(text: str) -> int:

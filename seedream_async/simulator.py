@@ -85,6 +85,8 @@ class SimulatorConfig:
     image_size: int = 2048
     #: Images made per task.
     images_per_task: int = 1
+    #: HTTP status of result file downloads (anything but 200 serves an error page).
+    file_status: int = 200
     #: Seed of the simulator's randomness.
     seed: int | None = None
 
@@ -400,6 +402,8 @@ class Simulator:
         n = int(request.match_info["n"]) if request.match_info["n"].isdigit() else -1
         if task is None or not 0 <= n < task.images:
             return web.Response(status=404, text="no such file")
+        if self.config.file_status != 200:
+            return web.Response(status=self.config.file_status, text="file error")
         self.stats.downloads += 1
         return web.Response(body=fake_png(task.task_id, n, self.config.image_size))
 

@@ -29,6 +29,13 @@ FAST = Settings(
 )
 
 
+async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds: for state kept by another party (a simulator)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 (the state has no event to wait on)
+            await asyncio.sleep(0.002)
+
+
 def request(n: int = 0) -> EditRequest:
     """A valid request, distinct per ``n``."""
     return EditRequest(prompt=f"edit number {n}", image_urls=[f"https://img.example/{n}.png"])

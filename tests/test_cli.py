@@ -1,0 +1,183 @@
+"""The seedream-async command line, end to end against the in-process simulator."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from seedream_async import cli
+
+MANIFEST = Path(__file__).parent.parent / "examples" / "manifest.jsonl"
+
+
+def run(*argv: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    return int(info.value.code or 0)
+
+
+def small_manifest(path: Path, n: int = 6) -> Path:
+    lines = MANIFEST.read_text().splitlines()[:n]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_batch_simulated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl")
+    out, images = tmp_path / "r.jsonl", tmp_path / "img"
+    code = run(
+        "batch",
+        str(manifest),
+        "--simulate",
+        "--out",
+        str(out),
+        "--download-to",
+        str(images),
+        "--ordered",
+        "--create-rate",
+        "100/1",
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(6))
+    assert all(line["status"] == "succeeded" for line in lines)
+    assert all(Path(line["files"][0]).is_file() for line in lines)
+    captured = capsys.readouterr()
+    assert "succeeded" in captured.out
+    assert str(out) in captured.out
+    assert "6 edits" in captured.err
+
+
+def test_batch_resumes_from_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = small_manifest(tmp_path / "m.csv.jsonl", 3)
+    journal, out = tmp_path / "j", tmp_path / "r.jsonl"
+    args = [
+        "batch",
+        str(manifest),
+        "--simulate",
+        "--journal",
+        str(journal),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    assert run(*args) == 0
+    assert run(*args) == 0  # a new simulator knows none of them: all come from the journal
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(line.get("from_journal") for line in lines)
+    assert "from journal" in capsys.readouterr().out
+
+
+def test_csv_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "prompt,image_urls,aspect_ratio,quality\n"
+        "make it blue,https://a.example/1.png|https://a.example/2.png,16:9,high\n"
+        "make it red,https://a.example/3.png,,\n"
+    )
+    requests = list(cli.read_manifest(manifest))
+    assert [len(r.image_urls) for r in requests] == [2, 1]
+    assert requests[0].aspect_ratio == "16:9"
+    assert run("batch", str(manifest), "--simulate", "-q", "--out", str(tmp_path / "r")) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"prompt": "ok", "image_urls": ["https://a/b.png"]}\n'
+            '\n{"prompt": "x", "image_urls": []}\n',
+            ":3: image_urls",
+        ),
+        ('{"prompt": "ok", "image_urls": ["https://a/b.png"]}\n{oops\n', "line 2: not JSON"),
+        ('["a list"]\n', "line 1: expected a JSON object"),
+        (
+            '{"prompt": "ok", "image_urls": ["https://a/b.png"], "qualty": "high"}\n',
+            ":1: unknown field(s) qualty",
+        ),
+        (
+            '{"prompt": "ok", "image_urls": ["https://a/b.png"], "aspect_ratio": "5:4"}\n',
+            ":1: aspect_ratio",
+        ),
+    ],
+)
+def test_bad_manifest_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(content)
+    assert run("batch", str(manifest), "--simulate") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert message in err[0]
+
+
+def test_missing_manifest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("batch", "no/such/file.jsonl", "--simulate") == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+
+
+def test_missing_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("APIKLEY_API_KEY", raising=False)
+    assert run("credits") == 2
+    assert "APIKLEY_API_KEY" in capsys.readouterr().err
+
+
+def test_unreachable_service(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("APIKLEY_API_KEY", "k")
+    assert run("credits", "--base-url", f"http://127.0.0.1:{port}") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "cannot reach" in err[0]
+
+
+def test_edit_task_credits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = run(
+        "edit",
+        "--simulate",
+        "--prompt",
+        "blue",
+        "--image",
+        "https://a.example/x.png",
+        "--download-to",
+        str(tmp_path),
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task_id"].startswith("task_seedream_")
+    assert Path(result["files"][0]).is_file()
+    assert run("credits", "--simulate") == 0
+    assert float(capsys.readouterr().out) > 0
+    assert run("task", "--simulate", "task_unknown") == 3  # a fresh simulator knows no task
+    assert "NotFound" in capsys.readouterr().err
+
+
+def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("edit", "--simulate", "--prompt", "", "--image", "https://a/b.png") == 2
+    assert "prompt" in capsys.readouterr().err
+    assert run("credits", "--simulate", "--listen", "nonsense") == 2
+    assert run("batch", "m.jsonl", "--create-rate", "fast") == 2
+
+
+def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--help") == 0
+    text = capsys.readouterr().out
+    for word in (
+        "batch",
+        "edit",
+        "task",
+        "credits",
+        "simulate",
+        "--simulate",
+        "examples:",
+        "JSON Lines",
+    ):
+        assert word in text
