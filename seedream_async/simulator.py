@@ -57,8 +57,10 @@ class SimulatorConfig:
     #: Credits on the account (None: unlimited) and the price of one task.
     credits: float | None = None
     price: float = 1.25
-    #: Fraction of calls answered by an HTML 502 page (a proxy), before any work.
+    #: Fraction of calls answered by an HTML error page (a proxy), before any work.
     html_error_rate: float = 0.0
+    #: The status of those pages: 502, 503, or 403 (Cloudflare's ``error code: 1010``).
+    html_error_status: int = 502
     #: Refuse requests without a User-Agent with Cloudflare's HTML 403 ``error code: 1010``.
     require_user_agent: bool = True
     #: The only API key accepted (None: any non-empty key).
@@ -321,7 +323,10 @@ class Simulator:
         if cfg.require_user_agent and not request.headers.get("User-Agent"):
             return web.Response(status=403, body=_HTML_1010, content_type="text/plain")
         if cfg.html_error_rate and self._rng.random() < cfg.html_error_rate:
-            return web.Response(status=502, body=_HTML_502, content_type="text/html")
+            if cfg.html_error_status == 403:
+                return web.Response(status=403, body=_HTML_1010, content_type="text/plain")
+            page = _HTML_502.replace(b"502", str(cfg.html_error_status).encode())
+            return web.Response(status=cfg.html_error_status, body=page, content_type="text/html")
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         if not key or (cfg.api_key is not None and key != cfg.api_key):

@@ -70,6 +70,19 @@ async def test_html_502_on_create_is_unknown(sim: Simulator, make_client: Client
     assert sim.stats.create_requests == 1
 
 
+async def test_cloudflare_403_is_a_refusal_not_unknown(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """A proxy's 403 page means the request never reached the service: nothing was made."""
+    sim.config.html_error_rate = 1.0
+    sim.config.html_error_status = 403
+    with pytest.raises(ServerError) as info:
+        await make_client().create_task(request(1))
+    assert info.value.http_status == 403
+    assert "1010" in info.value.message
+    assert sim.stats.tasks_created == 0
+
+
 async def test_reads_retry_5xx(sim: Simulator, make_client: ClientFactory) -> None:
     client = make_client(query_attempts=30)
     task_id = await client.create_task(request(1))

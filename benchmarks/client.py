@@ -1,0 +1,252 @@
+"""
+The client side of each benchmark, run in a process of its own: prints one JSON line.
+
+``python -m benchmarks.client MODE --url SERVICE [...]``; the driver (``benchmarks.run``)
+hosts the simulator in another process, so client and service share the machine's cores
+as they would in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from yarl import URL
+
+from benchmarks.baseline import Baseline, bounded
+from seedream_async import (
+    CallbackReceiver,
+    EditRequest,
+    PollSchedule,
+    Reply,
+    SeedreamClient,
+    Settings,
+)
+
+#: No createTask limit: the overhead runs measure the SDK, not the account.
+UNLIMITED = Settings(create_rate=10_000_000, create_period=1.0, query_rate=10_000)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def requests(n: int) -> Iterator[EditRequest]:
+    for i in range(n):
+        yield EditRequest(prompt=f"edit number {i}", image_urls=[f"https://img.example/{i}.png"])
+
+
+def rss() -> int:
+    """Resident memory now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Timer:
+    """Wall and CPU seconds of a block."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Timer:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def sdk_client(url: URL, in_flight: int, settings: Settings = UNLIMITED) -> SeedreamClient:
+    return SeedreamClient(
+        "bench",
+        base_url=url,
+        callbacks=CallbackReceiver(),
+        settings=attrs.evolve(settings, max_in_flight=in_flight),
+    )
+
+
+# --- 1. overhead ------------------------------------------------------------------------
+
+
+async def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    url, n, k = URL(args.url), args.n, args.in_flight
+    warm = min(200, n)
+    if args.variant == "baseline":
+        base = Baseline(url)
+        await base.start()
+        await base.run(warm, k)
+        with Timer() as t:
+            await base.run(n, k)
+        await base.close()
+    else:
+        async with sdk_client(url, k) as client:
+            await drive(client, args.variant, warm, k)
+            with Timer() as t:
+                await drive(client, args.variant, n, k)
+    return {"wall": t.wall, "cpu": t.cpu, "n": n, "gc": gc.get_stats()[2]["collections"]}
+
+
+async def drive(client: SeedreamClient, variant: str, n: int, in_flight: int) -> None:
+    if variant == "edit_many":
+        done = 0
+        async for item in client.edit_many(requests(n)):
+            assert item.ok, item.error
+            done += 1
+        assert done == n
+        return
+    batch = list(requests(n))
+    await bounded(lambda i: client.edit(batch[i]), n, in_flight)
+
+
+# --- 2. memory ----------------------------------------------------------------------------
+
+
+async def memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Client memory per task parked in flight (the service answers much later)."""
+    url, n = URL(args.url), args.n
+    if args.variant == "baseline":
+        base = Baseline(url)
+        await base.start()
+        idle = settle_rss()
+        tasks = [asyncio.create_task(base.one(i)) for i in range(n)]
+        while base.answered < n:  # noqa: ASYNC110 (a counter, no event: benchmark only)
+            await asyncio.sleep(0.05)
+        busy = settle_rss()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await base.close()
+    else:
+        async with sdk_client(url, n) as client:
+            await client.credits()  # session and receiver up
+            idle = settle_rss()
+            handles = await asyncio.gather(*(client.submit(r) for r in requests(n)))
+            waits: list[asyncio.Task[Any]] = [asyncio.create_task(h.result()) for h in handles]
+            await asyncio.sleep(0.2)
+            assert client.in_flight == n
+            busy = settle_rss()
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+    return {"n": n, "idle": idle, "busy": busy, "per_task": (busy - idle) / n}
+
+
+def settle_rss() -> int:
+    gc.collect()
+    return rss()
+
+
+async def batch_peak(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of a whole batch at a fixed max_in_flight."""
+    async with sdk_client(URL(args.url), args.in_flight) as client:
+        with Timer() as t:
+            done = 0
+            async for _ in client.edit_many(requests(args.n)):
+                done += 1
+    assert done == args.n
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"n": args.n, "peak": peak_kb * 1024, "wall": t.wall}
+
+
+# --- 3. rate limit efficiency -------------------------------------------------------------
+
+
+async def rate(args: argparse.Namespace) -> dict[str, Any]:
+    settings = attrs.evolve(UNLIMITED, create_rate=args.rate, create_period=args.period)
+    async with sdk_client(URL(args.url), args.n, settings) as client:
+        await client.credits()
+        with Timer() as t:
+            await asyncio.gather(*(client.create_task(r) for r in requests(args.n)))
+    return {"n": args.n, "wall": t.wall}
+
+
+# --- 4. callback to wake latency ----------------------------------------------------------
+
+
+class StampingReceiver(CallbackReceiver):
+    """Notes when each callback reaches the SDK's handler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, float] = {}
+
+    def handle(self, method: str, token: str, body: bytes, headers: Any) -> Reply:
+        self.arrived[token] = time.perf_counter()
+        return super().handle(method, token, body, headers)
+
+
+async def latency(args: argparse.Namespace) -> dict[str, Any]:
+    receiver = StampingReceiver()
+    settings = attrs.evolve(UNLIMITED, max_in_flight=args.n)
+    woke: dict[str, float] = {}
+    async with SeedreamClient(
+        "bench", base_url=URL(args.url), callbacks=receiver, settings=settings
+    ) as client:
+
+        async def one(request: EditRequest) -> None:
+            handle = await client.submit(request)
+            await handle.result()
+            assert handle.token is not None
+            woke[handle.token] = time.perf_counter()
+
+        await asyncio.gather(*(one(r) for r in requests(args.n)))
+    gaps = sorted((woke[t] - receiver.arrived[t]) * 1000 for t in woke)
+    return {
+        "n": len(gaps),
+        "p50_ms": statistics.median(gaps),
+        "p99_ms": gaps[int(len(gaps) * 0.99) - 1],
+        "max_ms": gaps[-1],
+    }
+
+
+# --- 5. polling ---------------------------------------------------------------------------
+
+
+async def polling(args: argparse.Namespace) -> dict[str, Any]:
+    # The vendor's schedule, ten times faster, so the run stays short.
+    schedule = PollSchedule(steps=((3.0, 0.25), (12.0, 0.75), (float("inf"), 2.0)))
+    settings = attrs.evolve(
+        UNLIMITED,
+        query_rate=args.rate,
+        query_period=1.0,
+        poll_schedule=schedule,
+        max_in_flight=args.n,
+    )
+    async with SeedreamClient("bench", base_url=URL(args.url), settings=settings) as client:
+        with Timer() as t:
+            results = await asyncio.gather(*(client.edit(r) for r in requests(args.n)))
+    return {"n": len(results), "wall": t.wall}
+
+
+MODES = {
+    "overhead": overhead,
+    "memory": memory,
+    "batch_peak": batch_peak,
+    "rate": rate,
+    "latency": latency,
+    "polling": polling,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--variant", default="edit_many")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=20)
+    parser.add_argument("--period", type=float, default=1.0)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(MODES[args.mode](args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""
+Run every benchmark and write ``benchmarks/results/latest.json`` and ``benchmarks/RESULTS.md``.
+
+``python -m benchmarks.run`` (``--quick`` for a smoke run). This process hosts the simulator
+(the service); each measurement runs the client in a fresh process of its own, and every
+comparison is measured side by side in the same run, interleaved, medians of repetitions.
+Targets are reported as pass or miss; nothing here is a test assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from seedream_async.simulator import Simulator, SimulatorConfig
+
+HERE = Path(__file__).parent
+VARIANTS = ("baseline", "edit_many", "edit")
+
+
+async def client(mode: str, sim: Simulator, **options: object) -> dict[str, Any]:
+    """Run one client measurement in a fresh process against ``sim``."""
+    argv = [sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=HERE.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{err.decode()[-3000:]}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def measured(mode: str, config: SimulatorConfig, **options: object) -> dict[str, Any]:
+    """One client run against a fresh simulator; adds the simulator's counts."""
+    async with Simulator(config) as sim:
+        result = await client(mode, sim, **options)
+        result["sim"] = {
+            "tasks": sim.stats.tasks_created,
+            "rate_limited": sim.stats.rate_limited,
+            "polls": sim.stats.polls,
+            "peak_poll_rate": sim.stats.peak_poll_rate(1.0),
+        }
+    return result
+
+
+# --- the five benchmarks --------------------------------------------------------------------
+
+
+async def overhead(reps: int, sizes: dict[str, int]) -> dict[str, Any]:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for in_flight, n in sizes.items():
+        per = runs.setdefault(in_flight, {v: [] for v in VARIANTS})
+        for _ in range(reps):
+            for variant in VARIANTS:  # interleaved: noise hits every variant alike
+                run = await measured(
+                    "overhead", SimulatorConfig(), variant=variant, n=n, in_flight=in_flight
+                )
+                per[variant].append(run)
+    table: dict[str, Any] = {}
+    for in_flight, per in runs.items():
+        row: dict[str, Any] = {}
+        for variant, results in per.items():
+            row[variant] = {
+                "tasks_per_s": statistics.median(r["n"] / r["wall"] for r in results),
+                "cpu_us_per_task": statistics.median(1e6 * r["cpu"] / r["n"] for r in results),
+            }
+        for variant in VARIANTS[1:]:
+            row[variant]["cpu_ratio"] = (
+                row[variant]["cpu_us_per_task"] / row["baseline"]["cpu_us_per_task"]
+            )
+            row[variant]["throughput_ratio"] = (
+                row[variant]["tasks_per_s"] / row["baseline"]["tasks_per_s"]
+            )
+        table[in_flight] = row
+    return {"reps": reps, "sizes": sizes, "results": table, "raw": runs}
+
+
+async def memory(reps: int, n: int) -> dict[str, Any]:
+    slow = SimulatorConfig(latency=(600.0, 600.0))  # every task parked in flight
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "sdk": []}
+    for _ in range(reps):
+        for variant, results in runs.items():
+            results.append(await measured("memory", slow, variant=variant, n=n))
+    per_task = {v: statistics.median(r["per_task"] for r in rs) for v, rs in runs.items()}
+    return {
+        "n": n,
+        "per_task_bytes": per_task,
+        "ratio": per_task["sdk"] / per_task["baseline"],
+        "raw": runs,
+    }
+
+
+async def batch_peak(small: int, large: int, in_flight: int) -> dict[str, Any]:
+    runs = {
+        str(n): await measured("batch_peak", SimulatorConfig(), n=n, in_flight=in_flight)
+        for n in (small, large)
+    }
+    return {
+        "in_flight": in_flight,
+        "peak_bytes": {n: r["peak"] for n, r in runs.items()},
+        "growth": runs[str(large)]["peak"] / runs[str(small)]["peak"] - 1,
+        "raw": runs,
+    }
+
+
+async def rate_limit(n: int, rate: int, period: float) -> dict[str, Any]:
+    config = SimulatorConfig(create_limit=(rate, period))
+    run = await measured("rate", config, n=n, rate=rate, period=period)
+    # A perfect limiter sends the last request (n/rate - 1) windows after the first.
+    ideal = period * (-(-n // rate) - 1)
+    return {
+        "n": n,
+        "limit": f"{rate} per {period:g} s",
+        "wall": run["wall"],
+        "ideal_wall": ideal,
+        "efficiency": ideal / run["wall"],
+        "rate_limited": run["sim"]["rate_limited"],
+    }
+
+
+async def wake_latency(n: int) -> dict[str, Any]:
+    run = await measured("latency", SimulatorConfig(latency=(1.0, 2.0)), n=n)
+    return {"in_flight": n, **{k: run[k] for k in ("p50_ms", "p99_ms", "max_ms")}}
+
+
+async def polling(n: int, rate: int) -> dict[str, Any]:
+    config = SimulatorConfig(latency=(0.2, 2.0), query_limit=(rate, 1.0))
+    run = await measured("polling", config, n=n, rate=rate)
+    return {
+        "n": n,
+        "configured_rate": rate,
+        "polls_per_task": run["sim"]["polls"] / n,
+        "peak_poll_rate": run["sim"]["peak_poll_rate"],
+        "rate_limited": run["sim"]["rate_limited"],
+        "wall": run["wall"],
+    }
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    over = r["overhead"]["results"]["100"]
+    worst = max(over["edit_many"]["cpu_ratio"], over["edit"]["cpu_ratio"])
+    return [
+        (
+            "client CPU per task <= 1.5x baseline at 100 in flight",
+            f"edit_many {over['edit_many']['cpu_ratio']:.2f}x,"
+            f" edit {over['edit']['cpu_ratio']:.2f}x",
+            worst <= 1.5,
+        ),
+        (
+            "memory per task in flight <= 2x baseline",
+            f"{r['memory']['ratio']:.2f}x",
+            r["memory"]["ratio"] <= 2.0,
+        ),
+        (
+            "peak memory of the large batch within 10 % of the small one",
+            f"{100 * r['batch_peak']['growth']:+.1f} %",
+            r["batch_peak"]["growth"] <= 0.10,
+        ),
+        (
+            "rate-limit efficiency >= 0.97 with zero 429s",
+            f"{r['rate_limit']['efficiency']:.3f}, {r['rate_limit']['rate_limited']} x 429",
+            r["rate_limit"]["efficiency"] >= 0.97 and r["rate_limit"]["rate_limited"] == 0,
+        ),
+        (
+            "callback-to-wake p99 <= 5 ms with 1000 in flight",
+            f"p99 {r['latency']['p99_ms']:.2f} ms (p50 {r['latency']['p50_ms']:.2f} ms)",
+            r["latency"]["p99_ms"] <= 5.0,
+        ),
+        (
+            "polling never exceeds the configured recordInfo rate",
+            f"peak {r['polling']['peak_poll_rate']}/s vs {r['polling']['configured_rate']}/s,"
+            f" {r['polling']['rate_limited']} x 429",
+            r["polling"]["peak_poll_rate"] <= r["polling"]["configured_rate"]
+            and r["polling"]["rate_limited"] == 0,
+        ),
+    ]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": version("aiohttp"),
+        "platform": platform.platform(),
+    }
+
+
+def markdown(r: dict[str, Any], notes: str) -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {r['date']} with `{r['command']}` on {m['cores']} cores ({m['cpu']}),",
+        f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['platform']}.",
+        "The simulator (the service) runs in the driver process, each client in a fresh",
+        "process; both share the cores. Medians of the repetitions; each comparison measured",
+        "side by side, interleaved, in this same run. Raw numbers: `results/latest.json`.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {value} | {'pass' if ok else '**miss**'} |" for name, value, ok in targets(r)
+    ]
+    o = r["overhead"]
+    lines += [
+        "",
+        f"## 1. Overhead against the raw aiohttp loop ({o['reps']} repetitions)",
+        "",
+        "| in flight | tasks | variant | tasks/s | client CPU us/task | CPU ratio"
+        " | throughput ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for in_flight, row in o["results"].items():
+        n = o["sizes"][in_flight]
+        for variant in VARIANTS:
+            v = row[variant]
+            ratio = f"{v['cpu_ratio']:.2f}" if "cpu_ratio" in v else "1"
+            thr = f"{v['throughput_ratio']:.2f}" if "throughput_ratio" in v else "1"
+            lines.append(
+                f"| {in_flight} | {n} | {variant} | {v['tasks_per_s']:,.0f} |"
+                f" {v['cpu_us_per_task']:.0f} | {ratio} | {thr} |"
+            )
+    mem, peak = r["memory"], r["batch_peak"]
+    lines += [
+        "",
+        f"## 2. Memory ({mem['n']:,} tasks parked in flight;"
+        f" batches at {peak['in_flight']} in flight)",
+        "",
+        "| measure | baseline | SDK | ratio |",
+        "|---|---|---|---|",
+        f"| client memory per task in flight | {mem['per_task_bytes']['baseline'] / 1024:.2f} KiB |"
+        f" {mem['per_task_bytes']['sdk'] / 1024:.2f} KiB | {mem['ratio']:.2f} |",
+        "",
+        "| batch size | peak RSS |",
+        "|---|---|",
+    ]
+    lines += [f"| {int(n):,} | {b / 2**20:.1f} MiB |" for n, b in peak["peak_bytes"].items()]
+    rl, lat, pol = r["rate_limit"], r["latency"], r["polling"]
+    lines += [
+        "",
+        "## 3. Rate-limit efficiency",
+        "",
+        f"{rl['n']} createTask against a simulator enforcing {rl['limit']} (the account's 20 per"
+        f" 10 s, scaled): {rl['wall']:.2f} s against an ideal {rl['ideal_wall']:.2f} s, efficiency"
+        f" {rl['efficiency']:.3f}, {rl['rate_limited']} responses 429.",
+        "",
+        "## 4. Callback-to-wake latency",
+        "",
+        f"{lat['in_flight']} tasks in flight: p50 {lat['p50_ms']:.3f} ms,"
+        f" p99 {lat['p99_ms']:.3f} ms,"
+        f" max {lat['max_ms']:.3f} ms from the callback reaching the SDK's handler to the awaiting"
+        " coroutine running again.",
+        "",
+        "## 5. Polling mode",
+        "",
+        f"{pol['n']} tasks, no callbacks, the simulator and the client both limited to"
+        f" {pol['configured_rate']} recordInfo per second: {pol['polls_per_task']:.2f} polls per"
+        f" finished task, peak {pol['peak_poll_rate']} per second, {pol['rate_limited']} responses"
+        f" 429, {pol['wall']:.1f} s.",
+        "",
+        notes.strip(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run" + (" --quick" if quick else ""),
+        "machine": machine(),
+    }
+    steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "overhead": lambda: overhead(plan.reps, plan.sizes),
+        "memory": lambda: memory(plan.reps, plan.parked),
+        "batch_peak": lambda: batch_peak(plan.small_batch, plan.large_batch, in_flight=100),
+        "rate_limit": lambda: rate_limit(plan.rate_tasks, 20, plan.rate_period),
+        "latency": lambda: wake_latency(plan.latency_tasks),
+        "polling": lambda: polling(plan.polled_tasks, 20),
+    }
+    for name, step in steps.items():
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = await step()
+    return results
+
+
+@attrs.frozen
+class Plan:
+    """How big each benchmark is."""
+
+    reps: int
+    sizes: dict[str, int]  # in flight -> tasks
+    parked: int
+    small_batch: int
+    large_batch: int
+    rate_tasks: int
+    rate_period: float
+    latency_tasks: int
+    polled_tasks: int
+
+
+QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50)
+FULL = Plan(
+    3, {"10": 3000, "100": 3000, "1000": 5000}, 10_000, 10_000, 100_000, 200, 0.5, 1000, 200
+)
+
+
+def cli() -> None:
+    """``python -m benchmarks.run``."""
+    parser = argparse.ArgumentParser(description="Run every benchmark; write RESULTS.md.")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    results = asyncio.run(main(args.quick))
+    (args.out / "results").mkdir(parents=True, exist_ok=True)
+    name = "quick.json" if args.quick else "latest.json"
+    (args.out / "results" / name).write_text(json.dumps(results, indent=2))
+    notes_file = HERE / "NOTES.md"
+    notes = notes_file.read_text() if notes_file.exists() else ""
+    report = markdown(results, notes)
+    if not args.quick:
+        (args.out / "RESULTS.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    cli()
