@@ -236,6 +236,8 @@ MODES = {
 
 
 def main() -> None:
+    if cpu := os.environ.get("BENCH_CLIENT_CPU"):
+        os.sched_setaffinity(0, {int(cpu)})
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--url", required=True)

@@ -28,6 +28,10 @@ from seedream_async.simulator import Simulator, SimulatorConfig
 
 HERE = Path(__file__).parent
 VARIANTS = ("baseline", "edit_many", "edit")
+#: With two cores or more, the service (this process) and the client get one core each:
+#: measured side by side on a shared core, runs of the same setting spread 10-25 %.
+PINNED = len(os.sched_getaffinity(0)) >= 2
+SERVICE_CPU, CLIENT_CPU = [*sorted(os.sched_getaffinity(0)), 0, 0][:2]
 
 
 async def client(mode: str, sim: Simulator, **options: object) -> dict[str, Any]:
@@ -35,8 +39,13 @@ async def client(mode: str, sim: Simulator, **options: object) -> dict[str, Any]
     argv = [sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
     for name, value in options.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, **({"BENCH_CLIENT_CPU": str(CLIENT_CPU)} if PINNED else {})}
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=HERE.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *argv,
+        cwd=HERE.parent,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
@@ -207,6 +216,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "aiohttp": version("aiohttp"),
         "platform": platform.platform(),
+        "pinned": f"service on CPU {SERVICE_CPU}, client on CPU {CLIENT_CPU}" if PINNED else "no",
     }
 
 
@@ -218,8 +228,9 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         f"Run {r['date']} with `{r['command']}` on {m['cores']} cores ({m['cpu']}),",
         f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['platform']}.",
         "The simulator (the service) runs in the driver process, each client in a fresh",
-        "process; both share the cores. Medians of the repetitions; each comparison measured",
-        "side by side, interleaved, in this same run. Raw numbers: `results/latest.json`.",
+        f"process (pinned: {m['pinned']}). Medians of the repetitions; each comparison",
+        "measured side by side, interleaved, in this same run. Raw numbers:",
+        "`results/latest.json`.",
         "",
         "## Targets",
         "",
@@ -292,14 +303,17 @@ def markdown(r: dict[str, Any], notes: str) -> str:
     return "\n".join(lines)
 
 
-async def main(quick: bool) -> dict[str, Any]:
-    plan = QUICK if quick else FULL
-    results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.run" + (" --quick" if quick else ""),
-        "machine": machine(),
-    }
-    steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+ONLY = ("overhead", "memory", "batch_peak", "rate_limit", "latency", "polling")
+
+
+async def _one(name: str, plan: Plan) -> dict[str, Any]:
+    result = await _steps(plan)[name]()
+    result.pop("raw", None)
+    return result
+
+
+def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
+    return {
         "overhead": lambda: overhead(plan.reps, plan.sizes),
         "memory": lambda: memory(plan.reps, plan.parked),
         "batch_peak": lambda: batch_peak(plan.small_batch, plan.large_batch, in_flight=100),
@@ -307,7 +321,16 @@ async def main(quick: bool) -> dict[str, Any]:
         "latency": lambda: wake_latency(plan.latency_tasks),
         "polling": lambda: polling(plan.polled_tasks, 20),
     }
-    for name, step in steps.items():
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run" + (" --quick" if quick else ""),
+        "machine": machine(),
+    }
+    for name, step in _steps(plan).items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = await step()
     return results
@@ -339,13 +362,27 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description="Run every benchmark; write RESULTS.md.")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--only", choices=ONLY, help="run one benchmark (no report written)")
+    parser.add_argument(
+        "--report", action="store_true", help="re-render RESULTS.md from results/latest.json"
+    )
     args = parser.parse_args()
+    notes_file = HERE / "NOTES.md"
+    notes = notes_file.read_text() if notes_file.exists() else ""
+    if args.report:
+        saved = json.loads((args.out / "results" / "latest.json").read_text())
+        (args.out / "RESULTS.md").write_text(markdown(saved, notes))
+        return
+    if PINNED:
+        os.sched_setaffinity(0, {SERVICE_CPU})
+    if args.only:
+        plan = QUICK if args.quick else FULL
+        print(json.dumps(asyncio.run(_one(args.only, plan)), indent=2))
+        return
     results = asyncio.run(main(args.quick))
     (args.out / "results").mkdir(parents=True, exist_ok=True)
     name = "quick.json" if args.quick else "latest.json"
     (args.out / "results" / name).write_text(json.dumps(results, indent=2))
-    notes_file = HERE / "NOTES.md"
-    notes = notes_file.read_text() if notes_file.exists() else ""
     report = markdown(results, notes)
     if not args.quick:
         (args.out / "RESULTS.md").write_text(report)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -205,7 +205,7 @@ class BatchRunner:
     ) -> AsyncIterator[BatchItem]:
         """Yield one item per input, as tasks end (or in input order)."""
         window = self._client.max_batch_window
-        inputs = _aiter(requests)
+        pull = _puller(requests)
         exhausted = False
         waiting: dict[int, BatchItem] = {}
         next_index = 0
@@ -214,7 +214,7 @@ class BatchRunner:
             while True:
                 while not exhausted and len(self._running) + len(waiting) < window:
                     try:
-                        request = await anext(inputs)
+                        request = await pull()
                     except StopAsyncIteration:
                         exhausted = True
                         break
@@ -366,12 +366,18 @@ def _index_of(task: asyncio.Task[BatchItem], running: dict[int, _Slot]) -> int:
     return -1
 
 
-async def _aiter(
+def _puller(
     requests: Iterable[EditRequest] | AsyncIterable[EditRequest],
-) -> AsyncIterator[EditRequest]:
+) -> Callable[[], Awaitable[EditRequest]]:
+    """Return an awaitable next() over either kind of iterable (sync ones without a wrapper)."""
     if isinstance(requests, AsyncIterable):
-        async for request in requests:
-            yield request
-    else:
-        for request in requests:
-            yield request
+        return aiter(requests).__anext__
+    iterator = iter(requests)
+
+    async def pull() -> EditRequest:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    return pull

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import secrets
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -30,6 +31,7 @@ from ._waiters import Pending, Registry
 log = logging.getLogger("seedream_async")
 
 OnAccepted = Callable[[Pending], object]
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 class ClientState(enum.Enum):
@@ -291,10 +293,9 @@ class SeedreamClient:
         self._in_flight += 1
         pending = self._track(request, token)
         callback_url = None if pending.token is None else self._callback_url(pending.token)
-        sent = asyncio.Event()
 
         def mark_sent() -> None:
-            sent.set()
+            pending.sent = True
             if on_sent is not None:
                 on_sent()
 
@@ -302,7 +303,7 @@ class SeedreamClient:
         try:
             task_id = await asyncio.shield(create)
         except asyncio.CancelledError:
-            if sent.is_set():  # it may exist: keep tracking it in the background
+            if pending.sent:  # it may exist: keep tracking it in the background
                 create.add_done_callback(lambda f: self._settle(pending, f, on_accepted))
             else:
                 create.cancel()
@@ -450,6 +451,8 @@ class SeedreamClient:
         now = loop.time()
         if self._receiver is not None:
             token = token or self.new_token()
+            if not _TOKEN.fullmatch(token or ""):
+                raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
         pending = Pending(
             loop.create_future(),
             token=token if self._receiver is not None else None,

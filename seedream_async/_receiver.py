@@ -81,6 +81,7 @@ class CallbackReceiver:
         self.confirm_with_record_info = confirm_with_record_info
         self._hmac_key = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
         self._public_url = URL(public_url) if isinstance(public_url, str) else public_url
+        self._url_prefix: str | None = None
         self._seen_signatures: dict[str, float] = {}
         self._registry: Registry | None = None
         self._runner: web.AppRunner | None = None
@@ -109,8 +110,10 @@ class CallbackReceiver:
         return self._public_url
 
     def url_for(self, token: str) -> URL:
-        """Return the callback URL for one submission's token."""
-        return self.public_url / self.path.lstrip("/") / token
+        """Return the callback URL for one submission's token (URL-safe by construction)."""
+        if self._url_prefix is None:
+            self._url_prefix = str(self.public_url / self.path.lstrip("/")) + "/"
+        return URL(self._url_prefix + token, encoded=True)
 
     def attach(self, registry: Registry) -> None:
         """Resolve tasks of this registry (one client's); called by the client."""
@@ -138,6 +141,7 @@ class CallbackReceiver:
         if self._public_url is None:
             host, port = runner.addresses[0][:2]
             self._public_url = URL.build(scheme="http", host=host, port=port)
+            self._url_prefix = None
         return self._public_url
 
     async def aclose(self) -> None:
@@ -147,12 +151,14 @@ class CallbackReceiver:
             await runner.cleanup()
 
     async def _aiohttp_handler(self, request: web.Request) -> web.Response:
-        body: bytes | None = b""
+        body = b""
         if request.method == "POST":
-            too_big = (request.content_length or 0) > self.max_body
-            body = None if too_big else await _read_capped(request, self.max_body)
-        if body is None:
-            return _response(Reply.error(413, "body too large"))
+            if (request.content_length or 0) > self.max_body:
+                return _response(Reply.error(413, "body too large"))
+            try:
+                body = await request.read()  # bounded by the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
+                return _response(Reply.error(413, "body too large"))
         reply = self.handle(request.method, request.match_info["token"], body, request.headers)
         return _response(reply)
 
@@ -204,17 +210,6 @@ class CallbackReceiver:
             return False
         seen[signature] = now + 2 * self.signature_window
         return True
-
-
-async def _read_capped(request: web.Request, cap: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _response(reply: Reply) -> web.Response:

@@ -42,6 +42,7 @@ class Pending:
         "holds_slot",
         "polled",
         "request",
+        "sent",
         "task_id",
         "token",
         "unknown",
@@ -72,6 +73,8 @@ class Pending:
         self.polled = 0
         #: The error to raise at the deadline when createTask's answer was lost.
         self.unknown: BaseException | None = None
+        #: True once createTask may have gone out (so the task may exist).
+        self.sent = False
 
     @property
     def done(self) -> bool:
