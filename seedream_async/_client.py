@@ -291,7 +291,12 @@ class SeedreamClient:
         transport = await self._open()
         await self._slots.acquire()
         self._in_flight += 1
-        pending = self._track(request, token)
+        try:
+            pending = self._track(request, token=token or self.new_token(), holds_slot=True)
+        except InvalidRequest:
+            self._in_flight -= 1
+            self._slots.release()
+            raise
         callback_url = None if pending.token is None else self._callback_url(pending.token)
 
         def mark_sent() -> None:
@@ -331,17 +336,7 @@ class SeedreamClient:
             raise InvalidRequest("task_id", "must be a non-empty string")
         if (known := self._registry.get_task(task_id)) is not None:
             return TaskHandle(self, known)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = Pending(
-            loop.create_future(),
-            token=token if self._receiver is not None else None,
-            task_id=task_id,
-            request=request,
-            created=now,
-            deadline=now + self.settings.task_deadline,
-        )
-        self._registry.add(pending)
+        pending = self._track(request, token=token, task_id=task_id)
         self._spawn(self._watch_resumed(pending))
         return TaskHandle(self, pending)
 
@@ -369,17 +364,7 @@ class SeedreamClient:
         if (known := self._registry.get_token(token)) is not None:
             await asyncio.shield(known.future)
             return TaskHandle(self, known)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = Pending(
-            loop.create_future(),
-            token=token,
-            task_id=None,
-            request=request,
-            created=now,
-            deadline=now + self.settings.task_deadline,
-        )
-        self._registry.add(pending)
+        pending = self._track(request, token=token)
         return await self._await_unknown(pending, unknown, None)
 
     # --- batches ------------------------------------------------------------------------------
@@ -446,21 +431,29 @@ class SeedreamClient:
         assert self._receiver is not None
         return self._receiver.url_for(token)
 
-    def _track(self, request: EditRequest, token: str | None) -> Pending:
+    def _track(
+        self,
+        request: EditRequest | None,
+        *,
+        token: str | None = None,
+        task_id: str | None = None,
+        holds_slot: bool = False,
+    ) -> Pending:
+        """Register a task to await, by callback token (when called back) and/or task id."""
+        if self._receiver is None:
+            token = None
+        elif token is not None and not _TOKEN.fullmatch(token):
+            raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._receiver is not None:
-            token = token or self.new_token()
-            if not _TOKEN.fullmatch(token or ""):
-                raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
         pending = Pending(
             loop.create_future(),
-            token=token if self._receiver is not None else None,
-            task_id=None,
+            token=token,
+            task_id=task_id,
             request=request,
             created=now,
             deadline=now + self.settings.task_deadline,
-            holds_slot=True,
+            holds_slot=holds_slot,
         )
         self._registry.add(pending)
         return pending

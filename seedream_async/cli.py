@@ -30,7 +30,7 @@ from ._errors import ApiError, InvalidRequest, SeedreamError
 from ._models import AspectRatio, EditRequest, EditResult, Quality
 from ._receiver import CallbackReceiver
 from ._wire import record_to_wire
-from .simulator import Simulator, SimulatorConfig
+from .simulator import Simulator, SimulatorConfig, serve
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_CREATE_RATE = (20, 10.0)
@@ -351,13 +351,8 @@ async def cmd_credits(args: argparse.Namespace) -> int:
 
 async def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the simulator until interrupted."""
-    sim = Simulator(attrs.evolve(simulated_service(), latency=tuple(args.latency)))
-    await sim.start(args.host, args.port)
-    print(f"seedream simulator serving on {sim.url}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await sim.aclose()
+    config = attrs.evolve(simulated_service(), latency=tuple(args.latency))
+    await serve(args.host, args.port, config, lambda url: print(f"serving on {url}", flush=True))
     return EXIT_OK
 
 

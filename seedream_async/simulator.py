@@ -19,7 +19,7 @@ import json
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -33,7 +33,7 @@ from ._models import MODEL, EditRequest, TaskRecord, TaskState
 from ._signing import sign
 from ._wire import MalformedPayload, envelope, parse_create_body, record_to_wire
 
-__all__ = ["Simulator", "SimulatorConfig", "SimulatorStats"]
+__all__ = ["Simulator", "SimulatorConfig", "SimulatorStats", "fake_png", "serve"]
 
 LostAnswer = Literal["reset", "http500", "hang"]
 
@@ -431,13 +431,21 @@ def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-async def _serve(host: str, port: int, config: SimulatorConfig) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        sim = Simulator(config)
-        await sim.start(host, port)
-        stack.push_async_callback(sim.aclose)
-        print(f"seedream simulator serving on {sim.url}", flush=True)
+async def serve(
+    host: str, port: int, config: SimulatorConfig, announce: Callable[[URL], object]
+) -> None:
+    """Serve a simulator until cancelled; ``announce`` is told its URL once it listens."""
+    sim = Simulator(config)
+    await sim.start(host, port)
+    try:
+        announce(sim.url)
         await asyncio.Event().wait()
+    finally:
+        await sim.aclose()
+
+
+def _announce(url: URL) -> None:
+    print(f"seedream simulator serving on {url}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -455,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.create_limit:
         config.create_limit = (int(args.create_limit[0]), args.create_limit[1])
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, config))
+        asyncio.run(serve(args.host, args.port, config, _announce))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from yarl import URL
 from seedream_async import (
     ClientClosed,
     EditResult,
+    RequestRejected,
     SubmissionUnknown,
     TaskFailed,
     TaskState,
@@ -151,7 +152,7 @@ async def test_fresh_task_not_visible_yet(
 
 async def test_invisible_past_grace_fails(sim: Simulator, make_client: ClientFactory) -> None:
     sim.config.invisible_for = 60.0
-    with pytest.raises(Exception, match="recordInfo is null"):
+    with pytest.raises(RequestRejected, match="recordInfo is null"):
         await edit_all(make_client, 1, visibility_grace=0.2)
 
 

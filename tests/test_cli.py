@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,20 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         "JSON Lines",
     ):
         assert word in text
+
+
+def test_simulate_command_serves() -> None:
+    argv = [sys.executable, "-m", "seedream_async.cli", "simulate", "--port", "0"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
+            assert url.startswith("http://127.0.0.1:")
+            request = urllib.request.Request(  # noqa: S310 (our own loopback http URL)
+                f"{url}/api/v1/chat/credit",
+                headers={"Authorization": "Bearer k", "User-Agent": "t"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                assert json.load(resp)["code"] == 200
+        finally:
+            proc.terminate()
