@@ -33,7 +33,20 @@ if TYPE_CHECKING:
 
 
 class SeedreamError(Exception):
-    """Base of every error raised by seedream_async."""
+    """
+    Base of every error raised by seedream_async.
+
+    Every error has ``code`` (the service's body code, a task's fail code, or None),
+    ``message`` (the reason, without the context the ``str()`` adds) and ``http_status``
+    (None unless an HTTP answer caused it).
+    """
+
+    code: int | str | None = None
+    http_status: int | None = None
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class InvalidRequest(SeedreamError, ValueError):
@@ -62,7 +75,7 @@ class ApiError(SeedreamError):
     ) -> None:
         super().__init__(f"{message} (code={code}, http_status={http_status}, {endpoint})")
         self.message = message
-        self.code = code
+        self.code: int | None = code
         self.http_status = http_status
         self.endpoint = endpoint
 
@@ -112,6 +125,8 @@ class TaskFailed(SeedreamError):
 
     def __init__(self, task_id: str, fail_code: str | None, fail_msg: str | None) -> None:
         super().__init__(f"task {task_id} failed: {fail_code}: {fail_msg}")
+        self.message = fail_msg or "task failed"
+        self.code = fail_code
         self.task_id = task_id
         self.fail_code = fail_code
         self.fail_msg = fail_msg
@@ -121,7 +136,9 @@ class TaskTimeout(SeedreamError, TimeoutError):
     """A task did not reach a final state before its deadline."""
 
     def __init__(self, task_id: str, deadline: float) -> None:
-        super().__init__(f"task {task_id} did not finish within {deadline:g} s")
+        message = f"did not finish within {deadline:g} s"
+        super().__init__(f"task {task_id} {message}")
+        self.message = message
         self.task_id = task_id
         self.deadline = deadline
 
@@ -142,6 +159,7 @@ class SubmissionUnknown(SeedreamError):
         callback_url: URL | None = None,
     ) -> None:
         super().__init__(f"createTask outcome unknown: {reason}")
+        self.message = reason
         self.reason = reason
         self.request = request
         self.callback_url = callback_url
@@ -156,6 +174,7 @@ class DownloadError(SeedreamError):
 
     def __init__(self, url: URL, reason: str) -> None:
         super().__init__(f"download of {url} failed: {reason}")
+        self.message = reason
         self.url = url
         self.reason = reason
 

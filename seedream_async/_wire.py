@@ -178,7 +178,7 @@ def read_envelope(
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # deep nesting is a hostile input too
         return None
     return value if isinstance(value, dict) else None
 
