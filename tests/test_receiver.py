@@ -34,8 +34,8 @@ def signed(task_id: str, key: bytes = KEY, age: float = 0.0) -> dict[str, str]:
 
 
 async def pending_pair(sim: Simulator, make_client: ClientFactory, **kw: Any) -> list[TaskHandle]:
-    """Two accepted tasks whose real callbacks come in 0.4 s."""
-    sim.config.latency = (0.4, 0.4)
+    """Two accepted tasks whose real callbacks come in a second (time for hostile requests)."""
+    sim.config.latency = (1.0, 1.0)
     client = make_client(safety_poll_after=30.0, **kw)
     return [await client.submit(request(i)) for i in range(2)]
 
