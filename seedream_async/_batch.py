@@ -187,18 +187,17 @@ class BatchRunner:
         client: BatchClient,
         *,
         journal: Journal | None,
-        owns_journal: bool,
         download_to: Path | None,
         progress: BatchProgress,
     ) -> None:
         self._client = client
+        #: Closed by the runner once no item of it can write any more.
         self._journal = journal
-        self._owns_journal = owns_journal
         self._download_to = download_to
         self.progress = progress
         self._running: dict[int, _Slot] = {}
         self._done: asyncio.Queue[asyncio.Task[BatchItem]] = asyncio.Queue()
-        self._closed = False
+        self._adopted = 0
 
     async def run(
         self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
@@ -249,21 +248,20 @@ class BatchRunner:
 
     def _stop(self) -> None:
         """Stop new submissions; let accepted tasks run to their end (and journal)."""
-        self._closed = True
         for slot in self._running.values():
             assert slot.task is not None
             if slot.sent:
-                slot.task.add_done_callback(self._maybe_close_journal)
+                self._adopted += 1
+                slot.task.add_done_callback(self._adopted_done)
                 self._client.adopt(slot.task)
             else:
                 slot.task.cancel()
-        self._running = {i: s for i, s in self._running.items() if s.sent}
-        self._maybe_close_journal(None)
+        if not self._adopted and self._journal:
+            self._journal.close()
 
-    def _maybe_close_journal(self, task: asyncio.Task[BatchItem] | None) -> None:
-        if task is not None:
-            self._running.pop(_index_of(task, self._running), None)
-        if self._closed and not self._running and self._owns_journal and self._journal:
+    def _adopted_done(self, _: object) -> None:
+        self._adopted -= 1
+        if not self._adopted and self._journal:
             self._journal.close()
 
     async def _item(self, slot: _Slot, request: object) -> BatchItem:
@@ -357,13 +355,6 @@ def _journaled_error(entry: Entry) -> SeedreamError:
         task_id = entry.task_id or "?"
         return TaskFailed(task_id, None, message)
     return SubmissionUnknown(message, request=None)
-
-
-def _index_of(task: asyncio.Task[BatchItem], running: dict[int, _Slot]) -> int:
-    for index, slot in running.items():
-        if slot.task is task:
-            return index
-    return -1
 
 
 def _puller(

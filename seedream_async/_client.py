@@ -34,6 +34,12 @@ OnAccepted = Callable[[Pending], object]
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
+def _check_token(token: str | None) -> None:
+    """A callback token goes into a URL unescaped: only our own URL-safe alphabet."""
+    if token is not None and not _TOKEN.fullmatch(token):
+        raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
+
+
 class ClientState(enum.Enum):
     """A client is used once: opened on first use, never reopened after close."""
 
@@ -288,15 +294,11 @@ class SeedreamClient:
         """
         if not isinstance(request, EditRequest):
             raise InvalidRequest("request", f"must be an EditRequest, got {type(request).__name__}")
+        _check_token(token)
         transport = await self._open()
         await self._slots.acquire()
         self._in_flight += 1
-        try:
-            pending = self._track(request, token=token or self.new_token(), holds_slot=True)
-        except InvalidRequest:
-            self._in_flight -= 1
-            self._slots.release()
-            raise
+        pending = self._track(request, token=token or self.new_token(), holds_slot=True)
         callback_url = None if pending.token is None else self._callback_url(pending.token)
 
         def mark_sent() -> None:
@@ -334,6 +336,7 @@ class SeedreamClient:
             raise ClientClosed("this client is closed; make a new one")
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequest("task_id", "must be a non-empty string")
+        _check_token(token)
         if (known := self._registry.get_task(task_id)) is not None:
             return TaskHandle(self, known)
         pending = self._track(request, token=token, task_id=task_id)
@@ -359,6 +362,7 @@ class SeedreamClient:
         unknown = SubmissionUnknown(
             "createTask was sent in an earlier run and its answer never came", request=request
         )
+        _check_token(token)
         if token is None or self._receiver is None:
             raise unknown
         if (known := self._registry.get_token(token)) is not None:
@@ -391,7 +395,6 @@ class SeedreamClient:
         runner = BatchRunner(
             self,
             journal=opened,
-            owns_journal=True,
             download_to=Path(download_to) if download_to is not None else None,
             progress=progress or BatchProgress(),
         )
@@ -442,8 +445,6 @@ class SeedreamClient:
         """Register a task to await, by callback token (when called back) and/or task id."""
         if self._receiver is None:
             token = None
-        elif token is not None and not _TOKEN.fullmatch(token):
-            raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
         loop = asyncio.get_running_loop()
         now = loop.time()
         pending = Pending(

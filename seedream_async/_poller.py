@@ -140,7 +140,6 @@ class Poller:
     async def _poll(self, pending: Pending) -> None:
         assert pending.task_id is not None
         loop = asyncio.get_running_loop()
-        pending.polled += 1
         try:
             record = await self._transport.get_record(pending.task_id)
         except (NotFound, RequestRejected) as e:

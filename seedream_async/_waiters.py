@@ -40,7 +40,6 @@ class Pending:
         "due",
         "future",
         "holds_slot",
-        "polled",
         "request",
         "sent",
         "task_id",
@@ -69,8 +68,6 @@ class Pending:
         self.deadline = deadline
         #: When the poller looks at it next (loop time); heap entries with another due are stale.
         self.due = deadline
-        #: How many polls it has had.
-        self.polled = 0
         #: The error to raise at the deadline when createTask's answer was lost.
         self.unknown: BaseException | None = None
         #: True once createTask may have gone out (so the task may exist).

@@ -26,7 +26,7 @@ import attrs
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
 from ._config import API_KEY_ENV, Settings
-from ._errors import ApiError, InvalidRequest, SeedreamError
+from ._errors import ApiError, InvalidRequest, SeedreamError, TaskFailed, TaskTimeout
 from ._models import AspectRatio, EditRequest, EditResult, Quality
 from ._receiver import CallbackReceiver
 from ._wire import record_to_wire
@@ -183,7 +183,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
         + (" [dim](simulated service)[/]" if args.simulate else "")
     )
     async with open_client(args) as client:
-        await _preflight(client)
+        await client.credits()  # fail fast, with one line, if the service is out of reach
         # Lines are small and flushed one by one: blocking writes cost microseconds.
         with (
             out.open("w", encoding="utf-8") as results,  # noqa: ASYNC230
@@ -202,11 +202,6 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
 
 
-async def _preflight(client: SeedreamClient) -> None:
-    """Fail fast, with one clear line, when the service cannot be reached or refuses us."""
-    await client.credits()
-
-
 def item_line(item: BatchItem) -> dict[str, Any]:
     """One line of the results JSONL."""
     line: dict[str, Any] = {"index": item.index, "status": item.status}
@@ -214,8 +209,8 @@ def item_line(item: BatchItem) -> dict[str, Any]:
         line["task_id"] = item.result.task_id
         line["urls"] = [str(u) for u in item.result.urls]
         line["credits"] = item.result.record.credits_consumed
-    elif item.error is not None and getattr(item.error, "task_id", None):
-        line["task_id"] = item.error.task_id  # type: ignore[attr-defined]
+    elif isinstance(item.error, TaskFailed | TaskTimeout):
+        line["task_id"] = item.error.task_id
     if item.files:
         line["files"] = [str(f) for f in item.files]
     if item.error is not None:

@@ -10,6 +10,7 @@ from yarl import URL
 from seedream_async import (
     ClientClosed,
     EditResult,
+    InvalidRequest,
     RequestRejected,
     SubmissionUnknown,
     TaskFailed,
@@ -287,3 +288,16 @@ async def test_edit_with_fields(sim: Simulator, make_client: ClientFactory) -> N
     assert result.request is not None
     assert result.request.quality == "high"
     assert result.urls[0] == URL(str(result.urls[0]))
+
+
+async def test_bad_token_refused_before_anything(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    client = make_client(callbacks=True)
+    for token in ("short", "has spaces in it, sixteen+", "ü" * 20):
+        with pytest.raises(InvalidRequest, match="token"):
+            await client.submit_tracked(request(0), token=token)
+        with pytest.raises(InvalidRequest, match="token"):
+            client.resume("task_1", token=token)
+    assert client.in_flight == 0
+    assert sim.stats.create_requests == 0
