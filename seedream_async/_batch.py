@@ -8,20 +8,22 @@ by id, reconciles unanswered submissions by their callback token, and submits on
 never sent. Breaking out stops new submissions; accepted tasks are still tracked (and
 journaled) to their end.
 
-This module sits below the client: it needs only the ``BatchClient`` protocol.
+A journal is checked against the inputs before anything new is sent: an input that the
+journal has no row for, at an index up to the last journaled one, waits until every
+journaled index was pulled and matched (a journal of other inputs raises ``JournalMismatch``
+with nothing sent). This module sits below the client and drives its ``Tracker``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Protocol
 
 import attrs
 
-from ._downloads import Downloader
 from ._errors import (
     DownloadError,
     InvalidRequest,
@@ -31,45 +33,9 @@ from ._errors import (
     TaskTimeout,
 )
 from ._journal import Entry, Journal, Stage
+from ._lifecycle import Task
 from ._models import EditRequest, EditResult
-from ._waiters import Pending
-
-
-class Handle(Protocol):
-    """What the batch needs of a task handle."""
-
-    @property
-    def task_id(self) -> str: ...
-
-    async def result(self) -> EditResult: ...
-
-
-class BatchClient(Protocol):
-    """What the batch needs of a client."""
-
-    @property
-    def max_batch_window(self) -> int: ...
-
-    def new_token(self) -> str | None: ...
-
-    async def submit_tracked(
-        self,
-        request: EditRequest,
-        *,
-        token: str | None = None,
-        on_accepted: Callable[[Pending], object] | None = None,
-        on_sent: Callable[[], object] | None = None,
-    ) -> Handle: ...
-
-    def resume(
-        self, task_id: str, *, request: EditRequest | None = None, token: str | None = None
-    ) -> Handle: ...
-
-    async def reconcile(self, token: str | None, request: EditRequest) -> Handle: ...
-
-    async def downloader(self) -> Downloader: ...
-
-    def adopt(self, task: asyncio.Task[object]) -> None: ...
+from ._tracker import Tracker, result_of
 
 
 class Status:
@@ -170,11 +136,12 @@ class BatchProgress:
 class _Slot:
     """One input in progress; ``sent`` once its createTask may have gone out."""
 
-    __slots__ = ("index", "request", "sent", "task")
+    __slots__ = ("entry", "index", "request", "sent", "task")
 
-    def __init__(self, index: int, request: EditRequest | None) -> None:
+    def __init__(self, index: int, request: object, entry: Entry | None) -> None:
         self.index = index
         self.request = request
+        self.entry = entry
         self.sent = False
         self.task: asyncio.Task[BatchItem] | None = None
 
@@ -184,13 +151,13 @@ class BatchRunner:
 
     def __init__(
         self,
-        client: BatchClient,
+        tracker: Tracker,
         *,
         journal: Journal | None,
         download_to: Path | None,
         progress: BatchProgress,
     ) -> None:
-        self._client = client
+        self._tracker = tracker
         #: Closed by the runner once no item of it can write any more.
         self._journal = journal
         self._download_to = download_to
@@ -203,23 +170,39 @@ class BatchRunner:
         self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
     ) -> AsyncIterator[BatchItem]:
         """Yield one item per input, as tasks end (or in input order)."""
-        window = self._client.max_batch_window
+        window = self._tracker.settings.max_in_flight
         pull = _puller(requests)
         exhausted = False
         waiting: dict[int, BatchItem] = {}
+        #: Inputs never journaled, held back until the journal is checked up to ``last``.
+        deferred: deque[tuple[int, object]] = deque()
+        last = self._journal.last_index() if self._journal is not None else None
         next_index = 0
         index = 0
         try:
             while True:
-                while not exhausted and len(self._running) + len(waiting) < window:
+                checked = exhausted or last is None or index > last
+                # While checking, ordered results wait outside the window (or it could jam).
+                while len(self._running) + (len(waiting) if checked else 0) < window:
+                    if deferred and checked:
+                        self._start(*deferred.popleft(), None)
+                        continue
+                    if exhausted:
+                        break
                     try:
                         request = await pull()
                     except StopAsyncIteration:
-                        exhausted = True
-                        break
-                    self._start(index, request)
+                        exhausted = checked = True
+                        continue
+                    self.progress.pulled += 1
+                    entry = self._entry(index, request)
+                    if entry is None and last is not None and index <= last:
+                        deferred.append((index, request))
+                    else:
+                        self._start(index, request, entry)
                     index += 1
-                if not self._running and not waiting:
+                    checked = last is None or index > last
+                if not self._running and not waiting and not deferred:
                     return
                 item = await self._next_done()
                 if not ordered:
@@ -232,11 +215,16 @@ class BatchRunner:
         finally:
             self._stop()
 
-    def _start(self, index: int, request: object) -> None:
-        self.progress.pulled += 1
-        slot = _Slot(index, request if isinstance(request, EditRequest) else None)
+    def _entry(self, index: int, request: object) -> Entry | None:
+        """The journal's row for this input; ``JournalMismatch`` if it is another input's."""
+        if self._journal is None or not isinstance(request, EditRequest):
+            return None
+        return self._journal.get(index, request)
+
+    def _start(self, index: int, request: object, entry: Entry | None) -> None:
+        slot = _Slot(index, request, entry)
         self._running[index] = slot
-        slot.task = asyncio.create_task(self._item(slot, request))
+        slot.task = asyncio.create_task(self._item(slot))
         slot.task.add_done_callback(self._done.put_nowait)
 
     async def _next_done(self) -> BatchItem:
@@ -253,7 +241,7 @@ class BatchRunner:
             if slot.sent:
                 self._adopted += 1
                 slot.task.add_done_callback(self._adopted_done)
-                self._client.adopt(slot.task)
+                self._tracker.adopt(slot.task)
             else:
                 slot.task.cancel()
         if not self._adopted and self._journal:
@@ -264,11 +252,11 @@ class BatchRunner:
         if not self._adopted and self._journal:
             self._journal.close()
 
-    async def _item(self, slot: _Slot, request: object) -> BatchItem:
+    async def _item(self, slot: _Slot) -> BatchItem:
+        request, entry = slot.request, slot.entry
         if not isinstance(request, EditRequest):
             error = InvalidRequest("requests", f"input {slot.index} is not an EditRequest")
             return BatchItem(index=slot.index, request=None, error=error)
-        entry = self._journal.get(slot.index, request) if self._journal else None
         if entry is not None and entry.stage.is_final:
             return await self._from_journal(entry, request)
         slot.sent = entry is not None
@@ -282,19 +270,19 @@ class BatchRunner:
                 self._journal.forget(slot.index)
             return BatchItem(index=slot.index, request=request, error=e)
         try:
-            result = await handle.result()
+            result = await result_of(handle)
         except SeedreamError as e:
             return self._ended(slot, request, e)
         if self._journal:
             self._journal.succeeded(slot.index, result)
         return await self._download(slot.index, request, result)
 
-    async def _handle(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> Handle:
+    async def _handle(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> Task:
         if entry is not None and entry.task_id is not None:
-            return self._client.resume(entry.task_id, request=request, token=entry.token)
+            return self._tracker.resume(entry.task_id, request, entry.token)
         if entry is not None:  # sent in an earlier run, answer never journaled
-            return await self._client.reconcile(entry.token, request)
-        token = self._client.new_token()
+            return await self._tracker.reconcile(entry.token, request)
+        token = self._tracker.new_token()
         journal = self._journal
 
         def on_sent() -> None:
@@ -302,12 +290,12 @@ class BatchRunner:
             if journal:
                 journal.sending(slot.index, request, token)
 
-        def on_accepted(pending: Pending) -> None:
+        def on_accepted(task: Task) -> None:
             self.progress.submitted += 1
-            if journal and pending.task_id:
-                journal.accepted(slot.index, pending.task_id)
+            if journal and task.task_id:
+                journal.accepted(slot.index, task.task_id)
 
-        return await self._client.submit_tracked(
+        return await self._tracker.submit(
             request, token=token, on_sent=on_sent, on_accepted=on_accepted
         )
 
@@ -339,9 +327,11 @@ class BatchRunner:
     async def _download(self, index: int, request: EditRequest, result: EditResult) -> BatchItem:
         if self._download_to is None:
             return BatchItem(index=index, request=request, result=result)
-        downloader = await self._client.downloader()
+        assert self._tracker.downloader is not None
         try:
-            files = await downloader.fetch_all(result.urls, self._download_to, f"{index:06d}")
+            files = await self._tracker.downloader.fetch_all(
+                result.urls, self._download_to, f"{index:06d}", owner=result.task_id
+            )
         except DownloadError as e:
             return BatchItem(index=index, request=request, result=result, error=e)
         if self._journal:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Mapping
 
 import attrs
@@ -14,16 +16,42 @@ DEFAULT_BASE_URL = URL("https://api.apikley.ru")
 API_KEY_ENV = "APIKLEY_API_KEY"
 BASE_URL_ENV = "APIKLEY_BASE_URL"
 USER_AGENT = "seedream-async/0.1 (+https://pypi.org/project/seedream-async/)"
+_Steps = tuple[tuple[float, float], ...]
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        raise InvalidRequest(attribute.name, f"must be > 0, got {value!r}")
+    # NaN compares false with everything, so "not > 0" (not "<= 0") refuses it too.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidRequest(attribute.name, f"must be a number > 0, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidRequest(attribute.name, f"must be finite, got {value!r}")
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise InvalidRequest(attribute.name, f"must be in [0, 1), got {value!r}")
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise InvalidRequest(attribute.name, f"must be >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(attribute.name, f"must be an integer >= 1, got {value!r}")
+
+
+def _check_steps(_: object, __: attrs.Attribute[_Steps], steps: _Steps) -> None:
+    if not steps:
+        raise InvalidRequest("poll_schedule", "needs at least one step")
+    for until, every in steps:
+        if math.isnan(until) or not until > 0:
+            raise InvalidRequest("poll_schedule", f"step ages must be > 0, got {until!r}")
+        if not (math.isfinite(every) and every > 0):
+            raise InvalidRequest(
+                "poll_schedule", f"intervals must be finite and > 0, got {every!r}"
+            )
+
+
+def _check_user_agent(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\0"):
+        raise InvalidRequest("user_agent", "must be a non-empty single line")
 
 
 @attrs.frozen(kw_only=True)
@@ -35,8 +63,10 @@ class PollSchedule:
     interval holds. ``jitter`` spreads each interval by up to that fraction.
     """
 
-    steps: tuple[tuple[float, float], ...] = ((30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0))
-    jitter: float = 0.2
+    steps: tuple[tuple[float, float], ...] = attrs.field(
+        default=((30.0, 2.5), (120.0, 7.5), (float("inf"), 20.0)), validator=_check_steps
+    )
+    jitter: float = attrs.field(default=0.2, validator=_fraction)
 
     def interval(self, age: float) -> float:
         """Return the base interval for a task ``age`` seconds old."""
@@ -50,7 +80,7 @@ class PollSchedule:
 class Settings:
     """Every knob of a client; each has a default that fits the documented service."""
 
-    user_agent: str = USER_AGENT
+    user_agent: str = attrs.field(default=USER_AGENT, validator=_check_user_agent)
     #: Seconds for one HTTP exchange, connect included.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -81,16 +111,27 @@ class Settings:
     #: With callbacks, polling is a safety net: first poll this late, then this often.
     safety_poll_after: float = attrs.field(default=60.0, validator=_positive)
     safety_poll_every: float = attrs.field(default=60.0, validator=_positive)
+    #: Largest API answer read, after decompression (recordInfo answers are a few KiB).
+    max_answer_bytes: int = attrs.field(default=1024 * 1024, validator=_at_least_one)
+    #: Download result images from loopback, private, link-local or reserved addresses.
+    #: Off: a callback could otherwise point downloads at your own network (SSRF).
+    allow_private_downloads: bool = False
+    #: Seconds one result image may take to download in all (a trickling server is cut off).
+    download_timeout: float = attrs.field(default=300.0, validator=_positive)
 
 
 def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:
     """Return the key given, else ``$APIKLEY_API_KEY``; refuse a missing or blank one."""
     key = api_key if api_key is not None else (environ or os.environ).get(API_KEY_ENV)
-    if not key or not key.strip():
+    if not isinstance(key, str) or not key.strip():
         raise InvalidRequest(
             "api_key", f"no API key given and ${API_KEY_ENV} is not set (or is blank)"
         )
-    return key.strip()
+    key = key.strip()
+    if not key.isprintable() or not key.isascii():
+        # It goes into a header: a newline would fail at the first request, or split it.
+        raise InvalidRequest("api_key", "contains control or non-ASCII characters")
+    return key
 
 
 def resolve_base_url(base_url: str | URL | None, environ: Mapping[str, str] | None = None) -> URL:
@@ -98,7 +139,26 @@ def resolve_base_url(base_url: str | URL | None, environ: Mapping[str, str] | No
     raw = base_url if base_url is not None else (environ or os.environ).get(BASE_URL_ENV)
     if raw is None:
         return DEFAULT_BASE_URL
-    url = URL(raw) if isinstance(raw, str) else raw
+    if isinstance(raw, str) and any(c.isspace() or not c.isprintable() for c in raw.strip()):
+        raise InvalidRequest("base_url", f"{raw!r} contains white space or control characters")
+    try:
+        url = URL(raw.strip()) if isinstance(raw, str) else raw
+    except (TypeError, ValueError) as e:
+        raise InvalidRequest("base_url", f"{raw!r} is not a URL: {e}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest("base_url", f"{str(raw)!r} is not an absolute http(s) URL")
+    if url.scheme == "http" and url.host not in _LOCAL_HOSTS:
+        warnings.warn(
+            f"base_url {url.origin()} is plain http: the API key travels in clear text",
+            InsecureBaseUrl,
+            stacklevel=3,
+        )
     return url.with_path(url.path.rstrip("/") or "/")
+
+
+#: Hosts where plain http stays on this machine (the simulator, a local proxy).
+_LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "::1"))
+
+
+class InsecureBaseUrl(UserWarning):
+    """A plain ``http://`` base URL to a non-local host: the key would travel in clear."""

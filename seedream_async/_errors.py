@@ -20,8 +20,11 @@ reaches a caller (it is kept as ``__cause__``)::
     ├── TaskFailed                         the task ended in state ``fail``
     ├── TaskTimeout (TimeoutError)         the task did not end before its deadline
     ├── SubmissionUnknown                  createTask may or may not have made a (paid) task
-    ├── JournalMismatch (ValueError)       a batch journal belongs to other inputs
-    └── DownloadError                      a result image could not be fetched
+    ├── JournalError                       a batch journal cannot be used
+    │   ├── JournalMismatch (ValueError)   it belongs to other inputs
+    │   └── JournalBusy                    another run holds it
+    ├── ReceiverError (OSError)            the callback receiver could not start (say, bind)
+    └── DownloadError                      a result image could not be fetched, or was refused
 """
 
 from __future__ import annotations
@@ -165,8 +168,28 @@ class SubmissionUnknown(SeedreamError):
         self.callback_url = callback_url
 
 
-class JournalMismatch(SeedreamError, ValueError):
+class JournalError(SeedreamError):
+    """A batch journal cannot be used (unreadable, not a journal, or in use); ``path`` names it."""
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class JournalMismatch(JournalError, ValueError):
     """A batch journal was written for other inputs than the ones given."""
+
+
+class JournalBusy(JournalError):
+    """Another run (``holder`` says which, when known) holds the batch journal."""
+
+    def __init__(self, message: str, *, path: object = None, holder: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.holder = holder
+
+
+class ReceiverError(SeedreamError, OSError):
+    """The callback receiver could not start (its address is in use, say)."""
 
 
 class DownloadError(SeedreamError):

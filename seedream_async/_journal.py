@@ -5,22 +5,59 @@ Each input's row is written *before* its createTask is sent (index, request fing
 callback token), updated with the task id once accepted, then with the final outcome. Every
 write is its own committed transaction (WAL), so a killed process leaves a journal that says
 exactly how far each input got.
+
+What survives what:
+
+- ``kill -9`` or a crash of the process: everything committed (every row above).
+- A power cut or OS crash: the ``sending`` row is committed with ``synchronous=FULL`` (the WAL
+  is fsynced before createTask goes out), so a rerun never resubmits a sent input. Later
+  updates use ``NORMAL`` and may roll back to ``sending``; the rerun then reconciles that
+  input by its callback token, or reports it ``unknown``, and still never pays twice.
+
+A journal belongs to one run at a time: ``NAME.lock`` beside it is locked (``flock``) while a
+run holds it. The OS drops the lock when its process dies, so there is never a stale lock to
+delete; a second run is refused with ``JournalBusy`` naming the holder. The journal holds
+callback tokens, so it is created readable by its owner only (0600).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
+import socket
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ._errors import JournalMismatch
+from ._errors import JournalBusy, JournalError, JournalMismatch
 from ._models import EditRequest, EditResult, TaskRecord
-from ._wire import parse_record, record_to_wire
+from ._wire import MalformedPayload, load_json, parse_record, record_to_wire
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on ``fd``; the OS drops it with the process."""
+    if sys.platform == "win32":  # pragma: no cover (CI runs on Linux)
+        import msvcrt  # noqa: PLC0415
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl  # noqa: PLC0415
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
 
 SCHEMA_VERSION = "1"
 
@@ -72,17 +109,63 @@ class Entry:
     files: tuple[Path, ...] = ()
 
 
+class _Lock:
+    """An exclusive ``flock`` on ``NAME.lock``, released by ``close`` or by the process dying."""
+
+    def __init__(self, journal: Path) -> None:
+        self.path = journal.with_name(journal.name + ".lock")
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise JournalError(f"cannot open {self.path}: {e.strerror or e}", path=journal) from e
+        if not _try_lock(self._fd):
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            holder = os.read(self._fd, 200).decode("utf-8", "replace").strip() or None
+            self.close()
+            raise JournalBusy(
+                f"journal {journal} is in use by another run"
+                + (f" ({holder})" if holder else "")
+                + "; wait for it to finish, or use another journal",
+                path=journal,
+                holder=holder,
+            ) from None
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.write(self._fd, me.encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor drops the flock
+
+
 class Journal:
-    """A batch journal file; use as a context manager or call ``close()``."""
+    """A batch journal file, held by this run until ``close()`` (or a context manager)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL survives a killed process (not a power cut) at a fraction of FULL's cost.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._check_version()
+        self._lock = _Lock(self.path)
+        self._closed = False
+        try:
+            # Created by us, it is ours alone: it holds callback tokens.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            self._lock.close()
+            raise JournalError(f"cannot open journal {self.path}: {e}", path=self.path) from e
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise JournalError(
+                f"{self.path} is not a batch journal, or is damaged ({e}); move it away or"
+                " use another file",
+                path=self.path,
+            ) from e
 
     def __enter__(self) -> Journal:
         return self
@@ -91,19 +174,32 @@ class Journal:
         self.close()
 
     def close(self) -> None:
-        """Close the file; idempotent."""
-        self._db.close()
+        """Close the file and let other runs have it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._lock.close()
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
-            raise JournalMismatch(f"{self.path} has journal schema {row[0]}, not {SCHEMA_VERSION}")
+            self.close()
+            raise JournalMismatch(
+                f"{self.path} has journal schema {row[0]}, not {SCHEMA_VERSION}", path=self.path
+            )
+
+    def last_index(self) -> int | None:
+        """The highest input index journaled, if any."""
+        row = self._query("SELECT MAX(idx) FROM items", ()).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def get(self, index: int, request: EditRequest) -> Entry | None:
         """Return the entry of input ``index``; refuse one journaled for another request."""
-        row = self._db.execute(
+        row = self._query(
             "SELECT fingerprint, token, state, task_id, record, error, files"
             " FROM items WHERE idx = ?",
             (index,),
@@ -113,15 +209,22 @@ class Journal:
         if row[0] != request.fingerprint():
             raise JournalMismatch(
                 f"{self.path} belongs to another batch: input {index} differs from the one"
-                " journaled; use a new journal file for new inputs"
+                " journaled; use a new journal file for new inputs",
+                path=self.path,
             )
-        record = parse_record(json.loads(row[4])) if row[4] else None
-        files = tuple(Path(f) for f in json.loads(row[6])) if row[6] else ()
+        try:
+            record = parse_record(load_json(row[4])) if row[4] else None
+            files = tuple(Path(f) for f in load_json(row[6])) if row[6] else ()
+            stage = Stage(row[2])
+        except (MalformedPayload, ValueError, TypeError) as e:
+            raise JournalError(
+                f"{self.path}: input {index} is damaged ({e})", path=self.path
+            ) from e
         return Entry(
             index=index,
             fingerprint=row[0],
             token=row[1],
-            stage=Stage(row[2]),
+            stage=stage,
             task_id=row[3],
             record=record,
             error=row[5],
@@ -129,12 +232,16 @@ class Journal:
         )
 
     def sending(self, index: int, request: EditRequest, token: str | None) -> None:
-        """Journal an input before its createTask is sent."""
-        self._db.execute(
-            "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (idx) DO NOTHING",  # a retry after a connection that never opened
-            (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
-        )
+        """Journal an input before its createTask is sent, durably (fsynced)."""
+        self._query("PRAGMA synchronous=FULL", ())
+        try:
+            self._query(
+                "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (idx) DO NOTHING",  # a retry after a connection that never opened
+                (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
+            )
+        finally:
+            self._query("PRAGMA synchronous=NORMAL", ())
 
     def accepted(self, index: int, task_id: str) -> None:
         """Journal the task id the service gave an input."""
@@ -159,16 +266,23 @@ class Journal:
 
     def forget(self, index: int) -> None:
         """Drop an input the service refused before making a task: a rerun may send it."""
-        self._db.execute("DELETE FROM items WHERE idx = ?", (index,))
+        self._query("DELETE FROM items WHERE idx = ?", (index,))
 
     def counts(self) -> dict[Stage, int]:
         """Return how many inputs are at each stage."""
-        rows = self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+        rows = self._query("SELECT state, COUNT(*) FROM items GROUP BY state", ()).fetchall()
         return {Stage(state): n for state, n in rows}
 
     def _update(self, index: int, **columns: Any) -> None:
         names = ", ".join(f"{name} = ?" for name in columns)
-        self._db.execute(
+        self._query(
             f"UPDATE items SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 (names are ours)
             (*columns.values(), time.time(), index),
         )
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        """Run one statement; a database failure (disk full, damage) is a ``JournalError``."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path}: {e}", path=self.path) from e

@@ -10,6 +10,9 @@ window). A grant whose request was never sent is refunded.
 It keeps at most ``rate`` stamps and one timer handle, grants waiters first come first served,
 reads the event loop's clock (so tests can drive time), and ``pause_until`` stops every grant
 until a given loop time: a 429 pauses the whole pipeline, not one coroutine.
+
+``Slots`` bounds how many tasks are accepted and not yet final (``max_in_flight``). Both are
+closed with their client: every waiter, queued or future, gets ``ClientClosed``.
 """
 
 from __future__ import annotations
@@ -18,11 +21,24 @@ import asyncio
 import math
 from collections import deque
 
+from ._errors import ClientClosed
+
+_CLOSED = "the client was closed while this request waited for its turn"
+
 
 class SlidingWindowLimiter:
     """At most ``rate`` requests in any ``period`` seconds, first come first served."""
 
-    __slots__ = ("_held", "_paused_until", "_stamps", "_timer", "_waiters", "period", "rate")
+    __slots__ = (
+        "_closed",
+        "_held",
+        "_paused_until",
+        "_stamps",
+        "_timer",
+        "_waiters",
+        "period",
+        "rate",
+    )
 
     def __init__(self, rate: int, period: float) -> None:
         if rate < 1 or period <= 0:
@@ -34,9 +50,12 @@ class SlidingWindowLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.Handle | None = None
         self._paused_until = 0.0
+        self._closed = False
 
     async def acquire(self) -> None:
         """Wait for a grant; pair it with ``release()``. Cancelling the wait costs nothing."""
+        if self._closed:
+            raise ClientClosed(_CLOSED)
         loop = asyncio.get_running_loop()
         if not self._waiters and self._wait(loop.time()) == 0:
             self._held += 1
@@ -59,6 +78,17 @@ class SlidingWindowLimiter:
             self._stamps.append(loop.time())
         if self._waiters:
             self._wake_soon(loop, reschedule=True)
+
+    def close(self) -> None:
+        """Grant nothing more: every waiter, now or later, gets ``ClientClosed``."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ClientClosed(_CLOSED))
 
     def pause_until(self, when: float) -> None:
         """Grant nothing before loop time ``when`` (a 429 with its Retry-After)."""
@@ -99,3 +129,53 @@ class SlidingWindowLimiter:
                 return
             self._held += 1
             waiters.popleft().set_result(None)
+
+
+class Slots:
+    """
+    At most ``limit`` holders at once, first come first served; closable.
+
+    Unlike ``asyncio.Semaphore``, closing it fails every waiter with ``ClientClosed``, so a
+    submission queued for ``max_in_flight`` never goes out after its client closed.
+    """
+
+    __slots__ = ("_closed", "_waiters", "free", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def acquire(self) -> None:
+        """Wait for a slot; cancelling the wait costs nothing."""
+        if self._closed:
+            raise ClientClosed(_CLOSED)
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # granted and cancelled in the same breath: pass it on
+            raise
+
+    def release(self) -> None:
+        """Return a slot, handing it straight to the longest waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    def close(self) -> None:
+        """Grant nothing more: every waiter, now or later, gets ``ClientClosed``."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ClientClosed(_CLOSED))

@@ -1,9 +1,12 @@
 """
-One scheduler polling every pending task of a client: a heap of due times, one task.
+One scheduler polling every watched task of a client: a heap of due times, one task.
 
 Without callbacks it follows the vendor's schedule (frequent at first, backing off, with
 jitter); with callbacks it is the safety net for lost ones, polling late and rarely. It also
-enforces each task's deadline, so there is no timer or sleeping coroutine per task.
+enforces each task's deadline, so there is no timer or sleeping coroutine per task. What an
+answer means is the lifecycle's call (``Lifecycle.poll_answer``); this module only decides
+*when* to ask. Any exception of one poll goes to the lifecycle too, and if the scheduler
+itself dies, every task it served fails with a typed error instead of hanging.
 """
 
 from __future__ import annotations
@@ -13,62 +16,72 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import random
 
 from ._config import Settings
-from ._errors import (
-    ApiError,
-    NotFound,
-    RateLimited,
-    RequestRejected,
-    ServerError,
-    TaskTimeout,
-)
+from ._errors import ClientClosed, ServerError
+from ._lifecycle import Lifecycle, Task
+from ._models import TaskRecord
 from ._transport import Transport
-from ._waiters import Pending, Registry
 
 log = logging.getLogger("seedream_async")
 
 #: Compact the heap once this many of its entries belong to tasks already resolved.
 _COMPACT_AFTER = 1024
+#: A callback may prompt a poll of its task at most this often (forgeries are coalesced).
+RECHECK_GAP = 1.0
 
 
 class Poller:
-    """Polls pending tasks by due time and expires them at their deadline."""
+    """Polls watched tasks by due time and expires them at their deadline."""
 
     def __init__(
-        self, transport: Transport, registry: Registry, settings: Settings, *, safety_net: bool
+        self, transport: Transport, lifecycle: Lifecycle, settings: Settings, *, safety_net: bool
     ) -> None:
         self._transport = transport
-        self._registry = registry
+        self._lifecycle = lifecycle
         self._settings = settings
         #: With callbacks, polls only catch lost ones.
         self.safety_net = safety_net
-        self._heap: list[tuple[float, int, Pending]] = []
+        self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._stale = 0
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._polls: set[asyncio.Task[None]] = set()
+        self._polls: dict[asyncio.Task[None], Task] = {}
+        self._last_poll: dict[Task, float] = {}
         self._max_polls = max(4, 2 * settings.query_rate)
+        self._closed = False
+        lifecycle.watcher = self
 
-    def watch(self, pending: Pending, *, poll_now: bool = False) -> None:
-        """Start polling ``pending`` (and enforcing its deadline)."""
+    def watch(self, task: Task, *, poll_now: bool = False) -> None:
+        """Start polling ``task`` (and enforcing its deadline)."""
+        if self._closed or task.done:
+            return
         now = asyncio.get_running_loop().time()
-        if pending.task_id is None:
-            due = pending.deadline  # nothing to poll: only the deadline matters
+        if task.task_id is None:
+            due = task.deadline  # nothing to poll: only the deadline matters
         elif poll_now:
             due = now
         elif self.safety_net:
-            due = pending.created + self._settings.safety_poll_after
+            due = task.started + self._settings.safety_poll_after
         else:
-            due = now + self._interval(pending, now)
-        self._push(pending, due)
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="seedream-poller")
+            due = now + self._interval(task, now)
+        self._push(task, due)
 
-    def discard(self) -> None:
-        """Note that a watched task was resolved; compact the heap when it is mostly stale."""
+    def poll_soon(self, task: Task) -> None:
+        """A callback claims ``task`` ended: poll it soon, at most once per ``RECHECK_GAP``."""
+        if self._closed or task.done or task.task_id is None or task in self._polls.values():
+            return  # a poll in progress will look again when it ends (``recheck``)
+        now = asyncio.get_running_loop().time()
+        due = max(now, self._last_poll.get(task, -math.inf) + RECHECK_GAP)
+        if due < task.due:
+            self._push(task, due)
+
+    def forget(self, task: Task) -> None:
+        """A watched task ended; compact the heap when it is mostly stale."""
+        self._last_poll.pop(task, None)
         self._stale += 1
         if self._stale > _COMPACT_AFTER and self._stale * 2 > len(self._heap):
             self._heap = [e for e in self._heap if not e[2].done and e[0] == e[2].due]
@@ -76,7 +89,8 @@ class Poller:
             self._stale = 0
 
     async def aclose(self) -> None:
-        """Stop polling; leaves no task running."""
+        """Stop polling for good; leaves no task running."""
+        self._closed = True
         tasks = [*self._polls, *([self._runner] if self._runner else [])]
         self._runner = None
         for task in tasks:
@@ -85,20 +99,24 @@ class Poller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._heap.clear()
+        self._last_poll.clear()
 
-    def _push(self, pending: Pending, due: float) -> None:
-        due = min(due, pending.deadline)
-        pending.due = due
+    def _push(self, task: Task, due: float) -> None:
+        due = min(due, task.deadline)
+        task.due = due
         head = self._heap[0][0] if self._heap else None
-        heapq.heappush(self._heap, (due, next(self._seq), pending))
+        heapq.heappush(self._heap, (due, next(self._seq), task))
         if head is None or due < head:
             self._wake.set()
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="seedream-poller")
+            self._runner.add_done_callback(self._runner_done)
 
-    def _interval(self, pending: Pending, now: float) -> float:
+    def _interval(self, task: Task, now: float) -> float:
         if self.safety_net:
             return self._settings.safety_poll_every
         schedule = self._settings.poll_schedule
-        base = schedule.interval(now - pending.created)
+        base = schedule.interval(now - task.started)
         return base * (1 + random.uniform(-schedule.jitter, schedule.jitter))
 
     async def _run(self) -> None:
@@ -106,13 +124,13 @@ class Poller:
         while True:
             now = loop.time()
             while self._heap and self._heap[0][0] <= now and len(self._polls) < self._max_polls:
-                due, _, pending = heapq.heappop(self._heap)
-                if pending.done or due != pending.due:
+                due, _, task = heapq.heappop(self._heap)
+                if task.done or due != task.due:
                     continue
-                if now >= pending.deadline:
-                    self._expire(pending)
-                else:
-                    self._start_poll(pending)
+                if now >= task.deadline:
+                    self._lifecycle.expire(task)
+                elif task.task_id is not None:
+                    self._start_poll(task)
             timeout = None
             if self._heap and len(self._polls) < self._max_polls:
                 timeout = max(0.0, self._heap[0][0] - now)
@@ -121,43 +139,44 @@ class Poller:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
-    def _expire(self, pending: Pending) -> None:
-        if pending.unknown is not None:
-            self._registry.fail(pending, pending.unknown)
-        else:
-            deadline = pending.deadline - pending.created
-            self._registry.fail(pending, TaskTimeout(pending.task_id or "?", deadline))
+    def _runner_done(self, runner: asyncio.Task[None]) -> None:
+        """The scheduler never ends by itself: if it did, its tasks must not hang."""
+        if self._runner is runner:
+            self._runner = None
+        if runner.cancelled() or (error := runner.exception()) is None:
+            return
+        log.error("the polling scheduler failed; ending the tasks it served", exc_info=error)
+        failure = ServerError(f"polling stopped: {type(error).__name__}: {error}", code=None)
+        failure.__cause__ = error
+        self._lifecycle.fail_all(failure)
 
-    def _start_poll(self, pending: Pending) -> None:
-        task = asyncio.create_task(self._poll(pending))
-        self._polls.add(task)
-        task.add_done_callback(self._poll_done)
+    def _start_poll(self, task: Task) -> None:
+        task.due = math.inf  # in progress: no heap entry is current
+        task.recheck = False
+        poll = asyncio.create_task(self._poll(task))
+        self._polls[poll] = task
+        poll.add_done_callback(self._poll_done)
 
-    def _poll_done(self, task: asyncio.Task[None]) -> None:
-        self._polls.discard(task)
+    def _poll_done(self, poll: asyncio.Task[None]) -> None:
+        self._polls.pop(poll, None)
         self._wake.set()
 
-    async def _poll(self, pending: Pending) -> None:
-        assert pending.task_id is not None
+    async def _poll(self, task: Task) -> None:
+        assert task.task_id is not None
         loop = asyncio.get_running_loop()
+        record: TaskRecord | None = None
+        error: BaseException | None = None
         try:
-            record = await self._transport.get_record(pending.task_id)
-        except (NotFound, RequestRejected) as e:
-            age = loop.time() - pending.created
-            if age >= self._settings.visibility_grace:
-                self._registry.fail(pending, e)
-                return
-        except (ServerError, RateLimited) as e:
-            log.info("poll of %s failed (%s); will try again", pending.task_id, e)
-        except ApiError as e:
-            self._registry.fail(pending, e)
+            record = await self._transport.get_record(task.task_id)
+        except ClientClosed:
+            return  # the client is closing; it ends every task itself
+        except Exception as e:
+            error = e
+        now = loop.time()
+        self._last_poll[task] = now
+        if not self._lifecycle.poll_answer(task, record, error) or self._closed:
             return
+        if task.recheck:  # a callback came while this poll was out: look again, soon
+            self._push(task, now + RECHECK_GAP)
         else:
-            if record.is_final:
-                self._registry.finish(pending, record)
-                return
-            if record.raw_state != record.state.value:
-                log.warning("task %s has unknown state %r", pending.task_id, record.raw_state)
-        if not pending.done:
-            now = loop.time()
-            self._push(pending, now + self._interval(pending, now))
+            self._push(task, now + self._interval(task, now))

@@ -2,14 +2,18 @@
 The callback receiver: an aiohttp app, and a framework-neutral handler behind it.
 
 It faces the internet, so every request is hostile until proven otherwise: POST only, a
-known unguessable token in the path, a bounded body of the documented shape, an optional
-HMAC signature within a time window and never replayed, and a task id that matches the
-token. A valid callback is acknowledged at once; resolving the task happens off the
-request path. No input produces a 500, and no token, key or signature is logged.
+known unguessable token in the path, a bounded body of the documented shape read within a
+time limit, an optional HMAC signature within a time window, and a task id that matches the
+token. Where the token's task id is already known the signature is checked before the body
+is parsed. A signature counts as used only once its callback was accepted, so a redelivery
+is acknowledged (2xx), as webhook senders expect. What a callback means is the lifecycle's
+call. No input produces a 500, and no token, key or signature is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import time
@@ -20,9 +24,12 @@ from aiohttp import web
 from yarl import URL
 
 from ._errors import ClientClosed, InvalidRequest
+from ._lifecycle import Lifecycle, Offer
 from ._signing import verify
-from ._waiters import Offer, Registry
 from ._wire import MalformedPayload, parse_callback
+
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+SIGNATURE_HEADER = "X-Webhook-Signature"
 
 log = logging.getLogger("seedream_async")
 
@@ -53,7 +60,7 @@ class CallbackReceiver:
     call (a tunnel or load balancer); by default the bound address. To serve it from an
     existing aiohttp app instead, pass ``host=None`` and the ``public_url`` of the mount
     point, and mount ``receiver.app`` there (``add_subapp``); other frameworks call
-    ``handle()``.
+    ``handle()``. A body must arrive within ``body_timeout`` seconds.
     """
 
     def __init__(
@@ -67,23 +74,32 @@ class CallbackReceiver:
         max_body: int = 64 * 1024,
         signature_window: float = 300.0,
         confirm_with_record_info: bool = False,
+        body_timeout: float = 10.0,
     ) -> None:
         if not path.startswith("/"):
             raise InvalidRequest("path", "must start with '/'")
         if host is None and public_url is None:
             raise InvalidRequest("public_url", "a mounted receiver (host=None) needs public_url")
+        if public_url is None and host is not None and _is_wildcard(host):
+            raise InvalidRequest(
+                "public_url", f"a receiver listening on {host!r} needs the public_url to call"
+            )
+        if public_url is not None:
+            public_url = _check_public_url(public_url)
         self.host = host
         self.port = port
         self.path = path.rstrip("/")
         self.max_body = max_body
         self.signature_window = signature_window
+        self.body_timeout = body_timeout
         #: The signature covers only the task id: confirm a callback's URLs with recordInfo.
         self.confirm_with_record_info = confirm_with_record_info
         self._hmac_key = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
-        self._public_url = URL(public_url) if isinstance(public_url, str) else public_url
+        self._public_url = public_url
         self._url_prefix: str | None = None
-        self._seen_signatures: dict[str, float] = {}
-        self._registry: Registry | None = None
+        #: (signature, token) of accepted callbacks -> monotonic time it may be forgotten.
+        self._seen_signatures: dict[tuple[str, str], float] = {}
+        self._lifecycle: Lifecycle | None = None
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_route("*", self.path + "/{token}", self._aiohttp_handler)
@@ -115,16 +131,16 @@ class CallbackReceiver:
             self._url_prefix = str(self.public_url / self.path.lstrip("/")) + "/"
         return URL(self._url_prefix + token, encoded=True)
 
-    def attach(self, registry: Registry) -> None:
-        """Resolve tasks of this registry (one client's); called by the client."""
-        if self._registry is not None and self._registry is not registry:
+    def attach(self, lifecycle: Lifecycle) -> None:
+        """Resolve tasks of this lifecycle (one client's); called by the client."""
+        if self._lifecycle is not None and self._lifecycle is not lifecycle:
             raise InvalidRequest("callbacks", "this receiver already serves another client")
-        self._registry = registry
+        self._lifecycle = lifecycle
 
-    def detach(self, registry: Registry) -> None:
-        """Stop resolving tasks of ``registry``."""
-        if self._registry is registry:
-            self._registry = None
+    def detach(self, lifecycle: Lifecycle) -> None:
+        """Stop resolving tasks of ``lifecycle``."""
+        if self._lifecycle is lifecycle:
+            self._lifecycle = None
 
     async def start(self) -> URL:
         """Serve on ``host:port``; return the public URL."""
@@ -156,61 +172,124 @@ class CallbackReceiver:
             if (request.content_length or 0) > self.max_body:
                 return _response(Reply.error(413, "body too large"))
             try:
-                body = await request.read()  # bounded by the app's client_max_size
-            except web.HTTPRequestEntityTooLarge:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read_body(request)
+            except _TooLarge:
                 return _response(Reply.error(413, "body too large"))
+            except TimeoutError:
+                return _response(Reply.error(408, "body too slow"))
+            except (ConnectionError, web.HTTPException):
+                return _response(Reply.error(400, "incomplete body"))  # the peer hung up
         reply = self.handle(request.method, request.match_info["token"], body, request.headers)
         return _response(reply)
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Read at most ``max_body`` bytes, whatever the app around us allows."""
+        body = bytearray()
+        while chunk := await request.content.read(self.max_body + 1 - len(body)):
+            body += chunk
+            if len(body) > self.max_body:
+                raise _TooLarge
+        return bytes(body)
+
     def handle(self, method: str, token: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """Judge one callback request (any framework): raw parts in, status and body out."""
+        """
+        Judge one callback request (any framework): raw parts in, status and body out.
+
+        ``headers`` may use any case (ASGI frameworks hand them over lower-cased).
+        """
         if method != "POST":
             return Reply.error(405, "method not allowed")
-        registry = self._registry
-        if registry is None:
+        lifecycle = self._lifecycle
+        if lifecycle is None:
             return Reply.error(503, "not ready")
         if len(body) > self.max_body:
             return Reply.error(413, "body too large")
+        stamp, signature = "", None
+        if self._hmac_key is not None:
+            stamp, signature = (
+                _header(headers, TIMESTAMP_HEADER),
+                _header(headers, SIGNATURE_HEADER),
+            )
+            known = lifecycle.bound_task_id(token)
+            if known is not None and not self._signed(known, stamp, signature):
+                return Reply.error(401, "bad signature")  # refused before parsing the body
         try:
             record = parse_callback(body)
         except MalformedPayload:
             return Reply.error(400, "not a callback")
-        if self._hmac_key is not None and not self._signed(record.task_id, headers):
+        if signature is not None and not self._signed(record.task_id, stamp, signature):
             return Reply.error(401, "bad signature")
-        offer = registry.offer(token, record)
+        if signature is not None and self._replayed(signature, token):
+            return _OK  # the same delivery again: already accepted
+        offer = lifecycle.offer(token, record)
         if offer is Offer.UNKNOWN_TOKEN:
             return Reply.error(404, "unknown callback")
         if offer is Offer.WRONG_TASK:
             log.warning("refused a callback whose task id does not match its token")
             return Reply.error(400, "task id does not match")
+        if signature is not None and offer is Offer.ACCEPTED:
+            self._remember(signature, token)
         return _OK
 
-    def _signed(self, task_id: str, headers: Mapping[str, str]) -> bool:
+    def _signed(self, task_id: str, stamp: str, signature: str) -> bool:
         assert self._hmac_key is not None
-        stamp = headers.get("X-Webhook-Timestamp", "")
-        signature = headers.get("X-Webhook-Signature", "")
         try:
             age = time.time() - int(stamp)
         except ValueError:
             return False
         if abs(age) > self.signature_window or not signature:
             return False
-        if not verify(self._hmac_key, task_id, stamp, signature):
-            return False
-        return self._first_use(signature)
+        return verify(self._hmac_key, task_id, stamp, signature)
 
-    def _first_use(self, signature: str) -> bool:
-        """Refuse a signature seen before within the window (a replay)."""
+    def _replayed(self, signature: str, token: str) -> bool:
+        """True for a signature already accepted for this token within the window."""
+        until = self._seen_signatures.get((signature, token))
+        return until is not None and until >= time.monotonic()
+
+    def _remember(self, signature: str, token: str) -> None:
+        """Record an accepted callback's signature; old ones expire after the window."""
         now = time.monotonic()
         seen = self._seen_signatures
         if len(seen) > 1024:
-            for old in [s for s, until in seen.items() if until < now]:
+            for old in [key for key, until in seen.items() if until < now]:
                 del seen[old]
-        if seen.get(signature, 0.0) >= now:
-            return False
-        seen[signature] = now + 2 * self.signature_window
-        return True
+        seen[signature, token] = now + 2 * self.signature_window
 
 
 def _response(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+
+
+class _TooLarge(Exception):
+    """A body over ``max_body``."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """Read a header whatever the case of the mapping's keys."""
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), "")
+    return value if isinstance(value, str) else ""
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def _check_public_url(value: str | URL) -> URL:
+    try:
+        url = URL(value) if isinstance(value, str) else value
+    except (TypeError, ValueError) as e:
+        raise InvalidRequest("public_url", f"{value!r} is not a URL: {e}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidRequest(
+            "public_url", f"{str(value)!r} is not an absolute http(s) URL the service can call"
+        )
+    return url

@@ -22,6 +22,7 @@ from yarl import URL
 from ._config import Settings
 from ._errors import (
     ApiError,
+    ClientClosed,
     RateLimited,
     ServerError,
     SubmissionUnknown,
@@ -47,6 +48,10 @@ CREDIT_PATH = "api/v1/chat/credit"
 _Answer = tuple[int, bytes, float | None]
 
 
+class AnswerTooLarge(aiohttp.ClientPayloadError):
+    """An answer body over ``Settings.max_answer_bytes`` (after decompression)."""
+
+
 def backoff_delay(settings: Settings, attempt: int) -> float:
     """Capped exponential backoff with jitter (between half and all of the step)."""
     step: float = min(settings.backoff_max, settings.backoff_initial * 2.0**attempt)
@@ -57,6 +62,7 @@ class Transport:
     """Speaks HTTP to the service for one client: createTask, recordInfo, credit."""
 
     __slots__ = (
+        "_closed",
         "_create_url",
         "_credit_url",
         "_headers",
@@ -86,6 +92,13 @@ class Transport:
         )
         self.create_limiter = SlidingWindowLimiter(settings.create_rate, settings.create_period)
         self.query_limiter = SlidingWindowLimiter(settings.query_rate, settings.query_period)
+        self._closed = False
+
+    def close(self) -> None:
+        """Send nothing more: queued and future requests raise ``ClientClosed``."""
+        self._closed = True
+        self.create_limiter.close()
+        self.query_limiter.close()
 
     async def create_task(
         self,
@@ -183,23 +196,42 @@ class Transport:
     ) -> _Answer:
         """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
         await limiter.acquire()
-        sent = True
+        sent = False
         try:
+            # Checked again at the moment of sending: a close while queued sends nothing.
+            if self._closed:
+                raise ClientClosed("the client was closed before this request went out")
             if on_send is not None:
                 on_send()
             headers = self._headers
             if body is not None:
                 headers = {**headers, "Content-Type": "application/json"}
+            sent = True
             async with self._session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
-                raw = await resp.read()
+                raw = await self._read_capped(resp)
                 return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError:
             sent = False  # the connection never opened: the service counted nothing
             raise
         finally:
             limiter.release(sent=sent)
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """Read an answer, refusing more than ``max_answer_bytes`` (a gzip bomb included)."""
+        cap = self.settings.max_answer_bytes
+        length = resp.content_length
+        if length is not None and length > cap:
+            raise AnswerTooLarge(f"answer of {length} bytes, over {cap}")
+        if length is not None and "Content-Encoding" not in resp.headers:
+            return await resp.read()  # exactly ``length`` bytes: the fast path
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > cap:
+                raise AnswerTooLarge(f"answer over {cap} bytes")
+        return bytes(body)
 
     def _pause(self, limiter: SlidingWindowLimiter, e: RateLimited, attempt: int) -> None:
         delay = e.retry_after

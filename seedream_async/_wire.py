@@ -175,20 +175,41 @@ def read_envelope(
     return envelope.get("data")
 
 
+def load_json(text: bytes | str) -> Any:
+    """Parse JSON from the service; anything that is not sane JSON is ``MalformedPayload``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # deep nesting is a hostile input too
+        raise MalformedPayload(f"not JSON: {type(e).__name__}") from None
+
+
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # deep nesting is a hostile input too
+        value = load_json(body)
+    except MalformedPayload:
         return None
     return value if isinstance(value, dict) else None
+
+
+#: Longest task id accepted from the service (its ids are ~30 characters).
+MAX_TASK_ID = 256
+
+
+def check_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a plausible id: 1-256 printable characters."""
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID:
+        raise MalformedPayload("task id is not a string of 1 to 256 characters")
+    if not task_id.isprintable() or task_id != task_id.strip():
+        raise MalformedPayload("task id has control characters or surrounding space")
+    return task_id
 
 
 def parse_task_id(data: Any) -> str:
     """Read the task id from a createTask answer's data."""
     task_id = data.get("taskId") if isinstance(data, dict) else None
-    if not isinstance(task_id, str) or not task_id:
-        raise MalformedPayload(f"createTask answer without a taskId: {data!r}")
-    return task_id
+    if task_id is None:
+        raise MalformedPayload("createTask answer without a taskId")
+    return check_task_id(task_id)
 
 
 def parse_credits(data: Any) -> float:
@@ -206,9 +227,9 @@ def parse_record(data: Any) -> TaskRecord:
     if not isinstance(data, dict):
         raise MalformedPayload(f"task record is not an object: {type(data).__name__}")
     state = data.get("state")
-    task_id = data.get("taskId") or data.get("task_id")
-    if not isinstance(task_id, str) or not task_id or not isinstance(state, str):
-        raise MalformedPayload("task record needs a string taskId and state")
+    task_id = check_task_id(data.get("taskId") or data.get("task_id"))
+    if not isinstance(state, str) or len(state) > 64:
+        raise MalformedPayload("task record needs a string state")
     fields = {k: v for k, v in data.items() if k in _WIRE_FIELDS and v not in (None, "")}
     fields["taskId"] = task_id
     fields["rawState"] = state
@@ -233,10 +254,7 @@ def _result_urls(value: Any) -> list[str]:
     if value in (None, ""):
         return []
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise MalformedPayload("resultJson is not JSON") from e
+        value = load_json(value)
     if not isinstance(value, dict):
         raise MalformedPayload("resultJson is not an object")
     urls = value.get("resultUrls") or []

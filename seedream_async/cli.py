@@ -144,6 +144,8 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
             await sim.start()
             stack.push_async_callback(sim.aclose)
             api_key, base_url = "simulated", sim.url
+            # The simulator serves its result images on loopback.
+            settings = attrs.evolve(settings, allow_private_downloads=True)
             if args.create_rate == DEFAULT_CREATE_RATE:
                 # The simulator enforces the account's 20 per 10 s, five times faster.
                 settings = attrs.evolve(settings, create_rate=20, create_period=2.0)

@@ -26,6 +26,7 @@ FAST = Settings(
     query_rate=200,
     create_rate=1000,
     create_period=1.0,
+    allow_private_downloads=True,  # the simulator serves result images on loopback
 )
 
 

@@ -17,7 +17,7 @@ from seedream_async import (
     TaskState,
     TaskTimeout,
 )
-from seedream_async._waiters import Pending
+from seedream_async._lifecycle import Task
 from seedream_async.simulator import Simulator
 from tests.conftest import ClientFactory, request
 
@@ -223,12 +223,13 @@ async def test_cancel_during_submit_keeps_tracking(
     accepted = asyncio.Event()
     task_ids: list[str] = []
 
-    def on_accepted(pending: Pending) -> None:
-        task_ids.append(pending.task_id or "")
+    def on_accepted(task: Task) -> None:
+        task_ids.append(task.task_id or "")
         accepted.set()
 
+    await client.__aenter__()
     submit = asyncio.create_task(
-        client.submit_tracked(
+        client._tracker.submit(  # the internal seam batches use: it has the on_sent hook
             request(0),
             on_sent=lambda: submit.cancel(),  # noqa: PLW0108 (submit is bound later)
             on_accepted=on_accepted,
@@ -296,7 +297,7 @@ async def test_bad_token_refused_before_anything(
     client = make_client(callbacks=True)
     for token in ("short", "has spaces in it, sixteen+", "ü" * 20):
         with pytest.raises(InvalidRequest, match="token"):
-            await client.submit_tracked(request(0), token=token)
+            await client.reconcile(token, request(0))
         with pytest.raises(InvalidRequest, match="token"):
             client.resume("task_1", token=token)
     assert client.in_flight == 0

@@ -16,6 +16,7 @@ from seedream_async import (
     BatchProgress,
     DownloadError,
     EditRequest,
+    JournalBusy,
     JournalMismatch,
     SeedreamClient,
     Settings,
@@ -113,9 +114,19 @@ async def test_break_keeps_accepted_tasks_tracked(
     async for _ in client.edit_many(Counting(), journal=journal):
         break
     created = sim.stats.tasks_created
+
+    def released() -> bool:
+        try:
+            Journal(journal).close()
+        except JournalBusy:
+            return False
+        return True
+
+    # The adopted items journal their outcome after the break; the run holds the journal
+    # until the last of them is written, then lets go of it.
+    await until(released)
     with Journal(journal) as j:
-        # The adopted items journal their outcome in the background, after the break.
-        await until(lambda: set(j.counts()) == {Stage.SUCCEEDED})
+        assert set(j.counts()) == {Stage.SUCCEEDED}
         assert j.counts()[Stage.SUCCEEDED] == created
     assert sim.stats.tasks_created == created  # no new submissions after the break
     assert client.in_flight == 0
@@ -217,7 +228,7 @@ async def test_downloads(sim: Simulator, make_client: ClientFactory, tmp_path: P
         for n, f in enumerate(item.files):
             assert f.read_bytes() == fake_png(item.result.task_id, n, sim.config.image_size)
     assert sim.stats.downloads == 8
-    assert not list(images.glob(".*"))  # no temporary files left
+    assert not list(images.glob(".*.part"))  # no temporary files left
     again = await collect(
         make_client(), [request(n) for n in range(4)], journal=journal, download_to=images
     )
@@ -253,14 +264,15 @@ async def test_single_download(sim: Simulator, make_client: ClientFactory, tmp_p
 
 async def test_download_limits(sim: Simulator, tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as session:
-        downloader = Downloader(session, Settings(query_attempts=1), max_bytes=100)
+        settings = Settings(query_attempts=1, allow_private_downloads=True)
+        downloader = Downloader(session, settings, max_bytes=100)
         with pytest.raises(DownloadError, match="http"):
-            await downloader.fetch(URL("file:///etc/passwd"), tmp_path / "x")
+            await downloader.fetch(URL("file:///etc/passwd"), tmp_path, "x", "task")
         async with SeedreamClient("k", base_url=sim.url) as client:
             task_id = await client.create_task(request(0))
         url = sim.record(task_id).result_urls[0]
         with pytest.raises(DownloadError, match="larger than 100 bytes"):
-            await downloader.fetch(url, tmp_path / "big.png")
+            await downloader.fetch(url, tmp_path, "big.png", task_id)
         with pytest.raises(DownloadError, match="HTTP 404"):
-            await downloader.fetch(url.with_name("9.png"), tmp_path / "missing.png")
+            await downloader.fetch(url.with_name("9.png"), tmp_path, "missing.png", task_id)
     assert list(tmp_path.iterdir()) == []

@@ -144,8 +144,16 @@ async def test_bad_signatures_refused(sim: Simulator, make_client: ClientFactory
         assert not first.done()
         async with session.post(url, data=body, headers=good) as resp:
             assert resp.status == 200
+        # A redelivery of the accepted callback is acknowledged (senders retry what fails)...
         async with session.post(url, data=body, headers=good) as resp:
-            assert resp.status == 401  # replayed
+            assert resp.status == 200
+        assert first.done()
+        assert not second.done()
+        assert (await first.result()).task_id == first.task_id
+        # ...but its signature opens no other task's door.
+        async with session.post(url_of(sim, second), data=body, headers=good) as resp:
+            assert resp.status in (400, 401)
+        assert not second.done()
 
 
 async def test_service_signed_callbacks_with_wrong_key_fall_back_to_polls(

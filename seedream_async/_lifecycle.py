@@ -1,0 +1,496 @@
+"""
+A task's life, in one place: its phases, what each event does in each phase, and its clocks.
+
+Collaborators only report events; this module alone decides what they mean::
+
+    QUEUED ──send──▶ SENDING ──accepted──▶ ACCEPTED ──final record──▶ RESOLVED
+      │                │ │ │                  │ │
+      │ refused        │ │ └─final record─────┼─┼──────────────────▶ RESOLVED  (early callback)
+      ▼                │ └──answer lost──▶ ANSWER_LOST ──final──────▶ RESOLVED
+    DROPPED ◀──refused─┘                    │    (a callback can still tell)
+                                            ├──deadline──▶ EXPIRED  (SubmissionUnknown)
+                              ACCEPTED ─────┴──deadline──▶ EXPIRED  (TaskTimeout)
+                              ACCEPTED ──fatal answer──▶ FAILED
+    every live phase ──close──▶ FAILED (ClientClosed)
+
+- QUEUED: registered (its callback token is live), waiting for a slot or the rate limiter;
+  nothing was sent, so nothing is paid. SENDING: createTask may be on the wire.
+- **Clocks start when the service has the task**: on ACCEPTED (the answer came) or on
+  ANSWER_LOST (from when it was sent). Queueing for a slot or the limiter never counts
+  against the visibility grace, the safety polls or the deadline.
+- The first final event wins; later ones are acknowledged and ignored. Entering a final
+  phase returns the task's ``max_in_flight`` slot and forgets its token and id (the last
+  ``FINISHED_TOKENS_KEPT`` tokens are remembered so duplicate callbacks get a 200).
+
+Collaborators: the submitter (``_tracker``) reports send/accepted/refused/lost; the
+receiver offers callbacks; the poller (a ``Watcher``) reports poll answers and deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+from ._config import Settings
+from ._errors import (
+    ApiError,
+    ClientClosed,
+    NotFound,
+    RateLimited,
+    RequestRejected,
+    SeedreamError,
+    ServerError,
+    SubmissionUnknown,
+    TaskTimeout,
+)
+from ._limits import Slots
+from ._models import EditRequest, TaskRecord
+
+log = logging.getLogger("seedream_async")
+
+#: How many finished tokens are remembered so that duplicate callbacks are acknowledged.
+FINISHED_TOKENS_KEPT = 10_000
+
+
+class Phase(enum.Enum):
+    """Where a task is in its life."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    ANSWER_LOST = "answer lost"
+    RESOLVED = "resolved"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    DROPPED = "dropped"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the task's outcome is decided."""
+        return self in _FINAL
+
+
+_FINAL = frozenset((Phase.RESOLVED, Phase.FAILED, Phase.EXPIRED, Phase.DROPPED))
+
+
+class Event(enum.Enum):
+    """What collaborators report."""
+
+    SEND = "send"
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    ANSWER_LOST = "answer lost"
+    FINAL_RECORD = "final record"
+    FATAL_ANSWER = "fatal answer"
+    DEADLINE = "deadline"
+    CLOSE = "close"
+
+
+#: Every allowed transition; an event not listed for a phase is ignored (a late duplicate).
+TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
+    Phase.QUEUED: {
+        Event.SEND: Phase.SENDING,
+        Event.REFUSED: Phase.DROPPED,
+        Event.CLOSE: Phase.FAILED,
+    },
+    Phase.SENDING: {
+        Event.ACCEPTED: Phase.ACCEPTED,
+        Event.REFUSED: Phase.DROPPED,
+        Event.ANSWER_LOST: Phase.ANSWER_LOST,
+        Event.FINAL_RECORD: Phase.RESOLVED,
+        Event.CLOSE: Phase.FAILED,
+    },
+    Phase.ACCEPTED: {
+        Event.FINAL_RECORD: Phase.RESOLVED,
+        Event.FATAL_ANSWER: Phase.FAILED,
+        Event.DEADLINE: Phase.EXPIRED,
+        Event.CLOSE: Phase.FAILED,
+    },
+    Phase.ANSWER_LOST: {
+        Event.FINAL_RECORD: Phase.RESOLVED,
+        Event.FATAL_ANSWER: Phase.FAILED,
+        Event.DEADLINE: Phase.EXPIRED,
+        Event.CLOSE: Phase.FAILED,
+    },
+    Phase.RESOLVED: {},
+    Phase.FAILED: {},
+    Phase.EXPIRED: {},
+    Phase.DROPPED: {},
+}
+
+
+class Offer(enum.Enum):
+    """What became of a callback offered to the lifecycle."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    UNKNOWN_TOKEN = "unknown token"  # noqa: S105 (a label, not a secret)
+    WRONG_TASK = "task id does not match the token"
+
+
+class Task:
+    """One task being tracked; ``future`` resolves to its final ``TaskRecord`` (or error)."""
+
+    __slots__ = (
+        "deadline",
+        "due",
+        "future",
+        "holds_slot",
+        "phase",
+        "recheck",
+        "request",
+        "sent_at",
+        "started",
+        "task_id",
+        "token",
+        "unknown",
+    )
+
+    def __init__(
+        self,
+        future: asyncio.Future[TaskRecord],
+        *,
+        token: str | None,
+        task_id: str | None,
+        request: EditRequest | None,
+        holds_slot: bool,
+    ) -> None:
+        self.future = future
+        self.phase = Phase.QUEUED
+        self.token = token
+        self.task_id = task_id
+        self.request = request
+        #: It counts against ``max_in_flight`` until final.
+        self.holds_slot = holds_slot
+        #: Loop time the clocks started (the service had the task); inf until then.
+        self.started = float("inf")
+        self.deadline = float("inf")
+        #: Loop time createTask went out.
+        self.sent_at = float("inf")
+        #: When the poller looks next; heap entries with another ``due`` are stale.
+        self.due = float("inf")
+        #: A callback claimed an outcome that must be confirmed by a poll.
+        self.recheck = False
+        #: The error to raise at the deadline when createTask's answer was lost.
+        self.unknown: SubmissionUnknown | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_id or '(no id yet)'} {self.phase.value}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the outcome is decided, whichever way."""
+        return self.phase in _FINAL
+
+
+class Watcher(Protocol):
+    """The poller, as the lifecycle sees it."""
+
+    def watch(self, task: Task, *, poll_now: bool = False) -> None: ...
+
+    def poll_soon(self, task: Task) -> None: ...
+
+    def forget(self, task: Task) -> None: ...
+
+
+class _NoWatcher:
+    """Stands in until the poller exists (and in pure tests of the state machine)."""
+
+    def watch(self, task: Task, *, poll_now: bool = False) -> None:
+        pass
+
+    def poll_soon(self, task: Task) -> None:
+        pass
+
+    def forget(self, task: Task) -> None:
+        pass
+
+
+class Lifecycle:
+    """Every tracked task of one client, by callback token and by task id."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        slots: Slots,
+        *,
+        callbacks: bool,
+        confirm_callbacks: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.slots = slots
+        #: A callback can reach us, so a lost createTask answer may still be told.
+        self.callbacks = callbacks
+        #: Callbacks only prompt a poll; their claims are never trusted on their own.
+        self.confirm_callbacks = confirm_callbacks
+        self.watcher: Watcher = _NoWatcher()
+        self.in_flight = 0
+        self.closed = False
+        self._by_token: dict[str, Task] = {}
+        self._by_task: dict[str, Task] = {}
+        self._finished: OrderedDict[str, str] = OrderedDict()
+
+    # --- registration ---------------------------------------------------------------------
+
+    def queue(self, request: EditRequest, token: str | None, *, holds_slot: bool) -> Task:
+        """Register a submission before anything is sent (so an early callback finds it)."""
+        self._refuse_if_closed()
+        task = self._new(request, token=token, task_id=None, holds_slot=holds_slot)
+        if holds_slot:
+            self.in_flight += 1
+        return task
+
+    def attach(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
+        """Track a task accepted earlier (``resume``): its clocks start now; poll it now."""
+        self._refuse_if_closed()
+        if (known := self._by_task.get(task_id)) is not None:
+            return known
+        task = self._new(request, token=token, task_id=task_id, holds_slot=False)
+        task.phase = Phase.ACCEPTED
+        self._start_clocks(task, self._now())
+        self.watcher.watch(task, poll_now=True)
+        return task
+
+    def attach_unknown(self, token: str, request: EditRequest, error: SubmissionUnknown) -> Task:
+        """Track a submission sent by an earlier run whose answer never came (``reconcile``)."""
+        self._refuse_if_closed()
+        if (known := self._by_token.get(token)) is not None:
+            return known
+        task = self._new(request, token=token, task_id=None, holds_slot=False)
+        task.phase = Phase.SENDING
+        task.sent_at = self._now()
+        self.answer_lost(task, error)
+        return task
+
+    def _new(
+        self,
+        request: EditRequest | None,
+        *,
+        token: str | None,
+        task_id: str | None,
+        holds_slot: bool,
+    ) -> Task:
+        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        task = Task(future, token=token, task_id=task_id, request=request, holds_slot=holds_slot)
+        if token is not None:
+            self._by_token[token] = task
+        if task_id is not None:
+            self._by_task[task_id] = task
+        return task
+
+    def get_task(self, task_id: str) -> Task | None:
+        """Return the live task with this id, if tracked."""
+        return self._by_task.get(task_id)
+
+    def live(self) -> list[Task]:
+        """Return every task not yet final."""
+        seen = {id(t): t for t in self._by_token.values()}
+        seen.update((id(t), t) for t in self._by_task.values())
+        return [t for t in seen.values() if not t.done]
+
+    # --- what the submitter reports ---------------------------------------------------------
+
+    def send(self, task: Task) -> None:
+        """createTask is about to go out; refused (``ClientClosed``) once the client closed."""
+        self._refuse_if_closed()
+        if self._move(task, Event.SEND) is not None:
+            task.sent_at = self._now()
+
+    def accepted(self, task: Task, task_id: str) -> None:
+        """The service answered createTask with ``task_id``: start the clocks and watch it."""
+        if task.task_id is not None and task.task_id != task_id:
+            log.warning(
+                "createTask answered %s for a submission bound to %s", task_id, task.task_id
+            )
+            return
+        self._bind(task, task_id)
+        if self._move(task, Event.ACCEPTED) is None:
+            return  # already resolved by an early callback
+        self._start_clocks(task, self._now())
+        self.watcher.watch(task, poll_now=task.recheck)
+
+    def refused(self, task: Task) -> None:
+        """createTask was never sent, or the service refused it: no task exists."""
+        if self._move(task, Event.REFUSED) is not None:
+            task.future.cancel()
+            self._finished_with(task)
+
+    def answer_lost(self, task: Task, error: SubmissionUnknown) -> None:
+        """createTask went out and its answer was lost: wait for a callback to tell."""
+        if task.task_id is not None:  # a callback already named the task: just poll it
+            self.accepted(task, task.task_id)
+            return
+        if not self.callbacks:  # nothing can ever tell: the caller must decide
+            self._move(task, Event.ANSWER_LOST)
+            self._end(task, Event.DEADLINE, error=error)
+            return
+        if self._move(task, Event.ANSWER_LOST) is None:
+            return
+        task.unknown = error
+        self._start_clocks(task, task.sent_at)
+        self.watcher.watch(task)
+
+    # --- what the receiver reports ------------------------------------------------------------
+
+    def bound_task_id(self, token: str) -> str | None:
+        """The task id a live token is bound to, if known (to check a signature early)."""
+        task = self._by_token.get(token)
+        if task is not None:
+            return task.task_id
+        return self._finished.get(token)
+
+    def offer(self, token: str, record: TaskRecord) -> Offer:
+        """Judge a callback for ``token``."""
+        task = self._by_token.get(token)
+        if task is None:
+            finished = self._finished.get(token)
+            if finished is None:
+                return Offer.UNKNOWN_TOKEN
+            return Offer.DUPLICATE if finished == record.task_id else Offer.WRONG_TASK
+        if task.task_id is not None and task.task_id != record.task_id:
+            return Offer.WRONG_TASK
+        if not record.is_final:
+            return Offer.DUPLICATE
+        if task.phase is Phase.QUEUED:
+            return Offer.UNKNOWN_TOKEN  # nothing went out under this token yet: a guess
+        if task.task_id is None:  # the callback beat the createTask answer
+            self._bind(task, record.task_id)
+        if self.confirm_callbacks:
+            # Only a poll decides; while SENDING, ``accepted`` polls at once.
+            task.recheck = True
+            if task.phase is not Phase.SENDING:
+                self.watcher.poll_soon(task)
+            return Offer.ACCEPTED
+        self._end(task, Event.FINAL_RECORD, record=record)
+        return Offer.ACCEPTED
+
+    # --- what the poller reports ----------------------------------------------------------------
+
+    def poll_answer(
+        self, task: Task, record: TaskRecord | None, error: BaseException | None
+    ) -> bool:
+        """Judge one poll's answer; return True while the task should be polled again."""
+        if task.done:
+            return False
+        if error is None:
+            assert record is not None
+            if record.task_id != task.task_id:
+                log.warning(
+                    "recordInfo for %s answered task %s; ignored", task.task_id, record.task_id
+                )
+                return True
+            if record.is_final:
+                self._end(task, Event.FINAL_RECORD, record=record)
+                return False
+            if record.raw_state != record.state.value:
+                log.warning("task %s has unknown state %r", task.task_id, record.raw_state)
+            return True
+        if isinstance(error, NotFound | RequestRejected):
+            if self._now() - task.started < self.settings.visibility_grace:
+                return True  # not visible yet, right after create
+        elif isinstance(error, ServerError | RateLimited):
+            log.info("poll of %s failed (%s); will try again", task.task_id, error)
+            return True
+        elif not isinstance(error, ApiError):
+            error = _internal(error, task)
+        self._end(task, Event.FATAL_ANSWER, error=error)
+        return False
+
+    def expire(self, task: Task) -> None:
+        """The task's deadline passed."""
+        if task.unknown is not None:
+            self._end(task, Event.DEADLINE, error=task.unknown)
+        else:
+            self._end(
+                task,
+                Event.DEADLINE,
+                error=TaskTimeout(task.task_id or "?", self.settings.task_deadline),
+            )
+
+    def fail_all(self, error: BaseException) -> None:
+        """A collaborator died: end every live task with ``error`` rather than let it hang."""
+        for task in self.live():
+            self._end(task, Event.FATAL_ANSWER, error=error)
+
+    def close(self) -> None:
+        """The client closes: every live task fails with ``ClientClosed``; nothing new starts."""
+        self.closed = True
+        for task in self.live():
+            name = task.task_id or "a submission"
+            self._end(
+                task, Event.CLOSE, error=ClientClosed(f"client closed while {name} was pending")
+            )
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _move(self, task: Task, event: Event) -> Phase | None:
+        """Apply ``event`` to ``task``; None when the phase does not take it (a late event)."""
+        phase = TRANSITIONS[task.phase].get(event)
+        if phase is not None:
+            task.phase = phase
+        return phase
+
+    def _end(
+        self,
+        task: Task,
+        event: Event,
+        *,
+        record: TaskRecord | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._move(task, event) is None:
+            return
+        if record is not None:
+            task.future.set_result(record)
+        else:
+            assert error is not None
+            task.future.set_exception(error)
+            task.future.exception()  # a cancelled caller never awaits it: mark it retrieved
+        self._finished_with(task)
+
+    def _finished_with(self, task: Task) -> None:
+        if task.holds_slot:
+            task.holds_slot = False
+            self.in_flight -= 1
+            self.slots.release()
+        if task.token is not None:
+            if self._by_token.get(task.token) is task:
+                del self._by_token[task.token]
+            if task.task_id is not None:
+                self._finished[task.token] = task.task_id
+                if len(self._finished) > FINISHED_TOKENS_KEPT:
+                    self._finished.popitem(last=False)
+        if task.task_id is not None and self._by_task.get(task.task_id) is task:
+            del self._by_task[task.task_id]
+        self.watcher.forget(task)
+
+    def _bind(self, task: Task, task_id: str) -> None:
+        task.task_id = task_id
+        if not task.done:
+            self._by_task.setdefault(task_id, task)
+
+    def _start_clocks(self, task: Task, origin: float) -> None:
+        task.started = origin
+        task.deadline = origin + self.settings.task_deadline
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise ClientClosed("this client is closed; make a new one")
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+def _internal(error: BaseException, task: Task) -> SeedreamError:
+    wrapped = ServerError(
+        f"unexpected {type(error).__name__} while polling: {error}",
+        code=None,
+        endpoint="recordInfo",
+    )
+    wrapped.__cause__ = error
+    log.error("polling %s failed unexpectedly", task.task_id, exc_info=error)
+    return wrapped

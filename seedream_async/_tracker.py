@@ -1,0 +1,236 @@
+"""
+The tracker: runs submissions through their lifecycle, and owns what that needs.
+
+It is the one internal seam the client facade and the batch runner both use: ``submit``
+(slot, register, createTask, then the lifecycle's events), ``resume``, ``reconcile``, the
+in-flight slots, the poller, the receiver's attachment, the downloader and every background
+task. It starts once (``start``), and ``close`` is final: queued submissions, limiter and
+slot waiters get ``ClientClosed`` at once, and nothing is sent or scheduled afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Callable, Coroutine
+
+import aiohttp
+from yarl import URL
+
+from ._config import Settings
+from ._downloads import Downloader
+from ._errors import ClientClosed, InvalidRequest, SubmissionUnknown, TaskFailed
+from ._lifecycle import Lifecycle, Phase, Task
+from ._limits import Slots
+from ._models import EditRequest, EditResult, TaskRecord, TaskState
+from ._poller import Poller
+from ._receiver import CallbackReceiver
+from ._transport import Transport
+
+log = logging.getLogger("seedream_async")
+
+OnAccepted = Callable[[Task], object]
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def check_token(token: str | None) -> None:
+    """A callback token goes into a URL unescaped: only our own URL-safe alphabet."""
+    if token is not None and (not isinstance(token, str) or not _TOKEN.fullmatch(token)):
+        raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
+
+
+def outcome(record: TaskRecord, request: EditRequest | None) -> EditResult:
+    """Turn a final record into an ``EditResult``, or raise ``TaskFailed``."""
+    if record.state is not TaskState.SUCCESS:
+        raise TaskFailed(record.task_id, record.fail_code, record.fail_msg)
+    return EditResult(
+        task_id=record.task_id, urls=record.result_urls, record=record, request=request
+    )
+
+
+async def result_of(task: Task) -> EditResult:
+    """Wait for ``task`` to end; cancelling this wait never stops tracking it."""
+    record = await asyncio.shield(task.future)
+    return outcome(record, task.request)
+
+
+class Tracker:
+    """Submissions and their tasks for one client."""
+
+    def __init__(self, settings: Settings, receiver: CallbackReceiver | None) -> None:
+        self.settings = settings
+        self.receiver = receiver
+        self.slots = Slots(settings.max_in_flight)
+        confirm = receiver is not None and receiver.confirm_with_record_info
+        self.lifecycle = Lifecycle(
+            settings, self.slots, callbacks=receiver is not None, confirm_callbacks=confirm
+        )
+        self.transport: Transport | None = None
+        self.poller: Poller | None = None
+        self.downloader: Downloader | None = None
+        self._background: set[asyncio.Task[object]] = set()
+
+    @property
+    def started(self) -> bool:
+        """True once ``start`` ran."""
+        return self.transport is not None
+
+    def start(self, transport: Transport, session: aiohttp.ClientSession) -> None:
+        """Wire the collaborators once the client has a session (and its receiver runs)."""
+        if self.lifecycle.closed:
+            raise ClientClosed("this client is closed; make a new one")
+        self.transport = transport
+        self.poller = Poller(
+            transport, self.lifecycle, self.settings, safety_net=self.receiver is not None
+        )
+        self.downloader = Downloader.for_settings(session, self.settings)
+        if self.receiver is not None:
+            self.receiver.attach(self.lifecycle)
+        for task in self.lifecycle.live():  # resumed before the client was open
+            if task.phase is Phase.ACCEPTED:
+                self.poller.watch(task, poll_now=True)
+
+    def close(self) -> None:
+        """Final, and at once: every live task and every waiter gets ``ClientClosed``."""
+        self.lifecycle.close()
+        self.slots.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def aclose(self) -> None:
+        """``close``, then stop every background task, the poller and the downloader."""
+        self.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.poller is not None:
+            await self.poller.aclose()
+        if self.receiver is not None:
+            self.receiver.detach(self.lifecycle)
+        if self.downloader is not None:
+            await self.downloader.aclose()
+
+    def new_token(self) -> str | None:
+        """A fresh callback token, or None when nothing can call back."""
+        return secrets.token_urlsafe(18) if self.receiver is not None else None
+
+    # --- submitting ---------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: EditRequest,
+        *,
+        token: str | None = None,
+        on_sent: Callable[[], object] | None = None,
+        on_accepted: OnAccepted | None = None,
+    ) -> Task:
+        """
+        Submit one edit; return its task once the service accepted it.
+
+        ``on_sent`` runs just before createTask goes out (journal it there); ``on_accepted``
+        runs once the task id is known, even if the caller was cancelled meanwhile.
+        """
+        assert self.transport is not None, "start() first"
+        if self.receiver is None:
+            token = None
+        elif token is None:
+            token = self.new_token()
+        await self.slots.acquire()
+        try:
+            task = self.lifecycle.queue(request, token, holds_slot=True)
+        except BaseException:
+            self.slots.release()
+            raise
+        callback_url = None if task.token is None else self._callback_url(task.token)
+
+        def sending() -> None:
+            self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
+            if on_sent is not None:
+                on_sent()
+
+        create = asyncio.ensure_future(self.transport.create_task(request, callback_url, sending))
+        try:
+            task_id = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            if task.phase is Phase.QUEUED:  # nothing went out: stop it there
+                create.cancel()
+                self.lifecycle.refused(task)
+            else:  # it may exist: keep tracking it in the background
+                create.add_done_callback(lambda f: self._settle(task, f, on_accepted))
+            raise
+        except SubmissionUnknown as e:
+            return await self._await_unknown(task, e, on_accepted)
+        except BaseException:
+            self.lifecycle.refused(task)
+            raise
+        self._accepted(task, task_id, on_accepted)
+        return task
+
+    def resume(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
+        """Track a task accepted earlier (even by another process), polling it at once."""
+        return self.lifecycle.attach(task_id, request, token)
+
+    async def reconcile(self, token: str | None, request: EditRequest) -> Task:
+        """Wait (until the deadline) for the callback of a submission whose answer was lost."""
+        unknown = SubmissionUnknown(
+            "createTask was sent in an earlier run and its answer never came", request=request
+        )
+        if token is None or self.receiver is None:
+            raise unknown
+        task = self.lifecycle.attach_unknown(token, request, unknown)
+        await asyncio.shield(task.future)
+        return task
+
+    def _callback_url(self, token: str) -> URL:
+        assert self.receiver is not None
+        return self.receiver.url_for(token)
+
+    def _accepted(self, task: Task, task_id: str, on_accepted: OnAccepted | None) -> None:
+        self.lifecycle.accepted(task, task_id)
+        if on_accepted is not None:
+            on_accepted(task)
+
+    def _settle(
+        self, task: Task, create: asyncio.Future[str], on_accepted: OnAccepted | None
+    ) -> None:
+        """Finish a submission whose caller was cancelled after createTask went out."""
+        if create.cancelled():
+            self.lifecycle.refused(task)
+        elif isinstance(error := create.exception(), SubmissionUnknown):
+            self.lifecycle.answer_lost(task, error)
+        elif error is not None:
+            self.lifecycle.refused(task)
+        else:
+            self._accepted(task, create.result(), on_accepted)
+
+    async def _await_unknown(
+        self, task: Task, error: SubmissionUnknown, on_accepted: OnAccepted | None
+    ) -> Task:
+        """Wait for a callback to prove the task exists; ``error`` at the deadline."""
+        self.lifecycle.answer_lost(task, error)
+        if not task.done:
+            log.warning("createTask answer lost; waiting for the callback to tell: %s", error)
+        await asyncio.shield(task.future)
+        if on_accepted is not None:
+            on_accepted(task)
+        return task
+
+    # --- background work --------------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[object, object, object], *, name: str) -> asyncio.Task[object]:
+        """Run ``work`` until it ends or the client closes; a failure is logged, never lost."""
+        task = asyncio.create_task(work, name=name)
+        self.adopt(task)
+        return task
+
+    def adopt(self, task: asyncio.Task[object]) -> None:
+        """Keep a background task alive until it ends or the client closes."""
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background work %s failed", task.get_name(), exc_info=error)
