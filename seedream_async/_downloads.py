@@ -29,6 +29,7 @@ import json
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,15 @@ def _ip_literal(host: str) -> bool:
     return True
 
 
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves names like the default resolver, refusing any private answer."""
+Policy = Callable[[str], "str | None"]
 
-    def __init__(self) -> None:
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves names like the default resolver, refusing any answer ``refuse`` objects to."""
+
+    def __init__(self, refuse: Policy = refusal) -> None:
         self._inner = DefaultResolver()
+        self._refuse = refuse
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -88,7 +93,7 @@ class PublicOnlyResolver(AbstractResolver):
         """Resolve ``host``; raise ``PrivateAddress`` if any answer is private."""
         answers = await self._inner.resolve(host, port, family)
         for answer in answers:
-            if (why := refusal(answer["host"])) is not None:
+            if (why := self._refuse(answer["host"])) is not None:
                 # One private answer refuses the name: round-robin could pick it next time.
                 raise PrivateAddress(f"{host} resolves to a private address ({why})")
         return answers
@@ -122,8 +127,10 @@ class Downloader:
         concurrency: int = 8,
         max_bytes: int = 64 * 1024 * 1024,
         owns_session: bool = False,
+        refuse: Policy = refusal,
     ) -> None:
         self._session = session
+        self._refuse = refuse
         self._owns_session = owns_session
         self._settings = settings
         self._slots = asyncio.Semaphore(concurrency)
@@ -133,12 +140,15 @@ class Downloader:
         )
 
     @classmethod
-    def for_settings(cls, shared: aiohttp.ClientSession, settings: Settings) -> Downloader:
+    def for_settings(
+        cls, shared: aiohttp.ClientSession, settings: Settings, *, refuse: Policy = refusal
+    ) -> Downloader:
         """A downloader that, unless private downloads are allowed, has its own guarded pool."""
         if settings.allow_private_downloads:
             return cls(shared, settings)
-        connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(), limit=16)
-        return cls(aiohttp.ClientSession(connector=connector), settings, owns_session=True)
+        connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(refuse), limit=16)
+        session = aiohttp.ClientSession(connector=connector)
+        return cls(session, settings, owns_session=True, refuse=refuse)
 
     async def aclose(self) -> None:
         """Close the guarded pool this downloader made (never a shared session)."""
@@ -174,12 +184,12 @@ class Downloader:
     async def fetch(self, url: URL, directory: Path, name: str, owner: str) -> Path:
         """Download ``url`` as ``directory/name`` unless ``owner``'s copy is already there."""
         target = _inside(directory, name, url)
-        if _owned_by(target, owner, url):
+        if _owned_by(target, owner):
             return target
         if target.exists():
             digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:10]
             target = _inside(directory, f"{target.stem}.{digest}{target.suffix}", url)
-            if _owned_by(target, owner, url):
+            if _owned_by(target, owner):
                 return target
         attempts = self._settings.query_attempts
         for attempt in range(attempts):
@@ -222,7 +232,7 @@ class Downloader:
             raise DownloadError(url, "only absolute http(s) URLs are fetched")
         if self._settings.allow_private_downloads or not _ip_literal(url.host):
             return  # names are checked by the guarded resolver, at connect time
-        if (why := refusal(url.host)) is not None:
+        if (why := self._refuse(url.host)) is not None:
             raise DownloadError(url, f"refused: {why} (allow_private_downloads is off)")
 
     async def _save_answer(
@@ -267,7 +277,7 @@ def _sidecar(target: Path) -> Path:
     return target.with_name(f".{target.name}.owner")
 
 
-def _owned_by(target: Path, owner: str, url: URL) -> bool:
+def _owned_by(target: Path, owner: str) -> bool:
     """True when ``target`` is complete and holds ``owner``'s image (say, from an earlier run)."""
     try:
         meta: Any = json.loads(_sidecar(target).read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TypeVar
 
@@ -83,6 +83,8 @@ def _quality(value: Quality | str) -> Quality:
 def _image_urls(value: Iterable[str | URL]) -> tuple[URL, ...]:
     if isinstance(value, str | URL):
         raise InvalidRequest("image_urls", "must be a list of URLs, not a single string")
+    if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
+        raise InvalidRequest("image_urls", f"must be a list of URLs, got {type(value).__name__}")
     urls = tuple(_one_url(v) for v in value)
     if not 1 <= len(urls) <= MAX_IMAGES:
         raise InvalidRequest("image_urls", f"needs 1 to {MAX_IMAGES} URLs, got {len(urls)}")
@@ -90,6 +92,12 @@ def _image_urls(value: Iterable[str | URL]) -> tuple[URL, ...]:
 
 
 def _one_url(value: str | URL) -> URL:
+    if not isinstance(value, str | URL):
+        raise InvalidRequest("image_urls", f"{value!r} is not a URL string")
+    raw = str(value)
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        # yarl would silently drop a newline or tab: refuse rather than send another URL.
+        raise InvalidRequest("image_urls", f"{raw!r} contains white space or control characters")
     try:
         url = value if isinstance(value, URL) else URL(value)
     except (TypeError, ValueError) as e:

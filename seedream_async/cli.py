@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import difflib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,8 +27,17 @@ import attrs
 
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
-from ._config import API_KEY_ENV, Settings
-from ._errors import ApiError, InvalidRequest, SeedreamError, TaskFailed, TaskTimeout
+from ._config import API_KEY_ENV, Settings, resolve_api_key
+from ._errors import (
+    ApiError,
+    InvalidRequest,
+    JournalError,
+    ReceiverError,
+    SeedreamError,
+    TaskFailed,
+    TaskTimeout,
+)
+from ._journal import Journal
 from ._models import AspectRatio, EditRequest, EditResult, Quality
 from ._receiver import CallbackReceiver
 from ._wire import record_to_wire
@@ -61,59 +72,165 @@ class UsageError(Exception):
 
 # --- the manifest ---------------------------------------------------------------------------
 
+#: How many bad manifest lines are reported in one pass.
+MAX_REPORTED = 20
+_TRUE, _FALSE = frozenset(("1", "true", "yes", "y")), frozenset(("0", "false", "no", "n"))
+
+
+class ManifestError(UsageError):
+    """A manifest line that is not an edit; ``line`` is its 1-based number."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"{line}: {message}")
+        self.line = line
+
 
 def read_manifest(path: Path) -> Iterator[EditRequest]:
-    """Yield the manifest's requests lazily; ``UsageError`` names a bad line."""
+    """Yield the manifest's requests lazily; ``UsageError`` names the first bad line."""
+    for item in _manifest_items(path):
+        if isinstance(item, ManifestError):
+            raise UsageError(f"{path}:{item}")
+        yield item
+
+
+def _manifest_items(path: Path) -> Iterator[EditRequest | ManifestError]:
+    """Each line's request, or the error that line has (reading goes on after one)."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = _csv_rows(f) if path.suffix.lower() == ".csv" else _jsonl_rows(f)
+        with path.open("rb") as f:
+            lines = _decoded_lines(f)
+            rows = _csv_rows(lines) if path.suffix.lower() == ".csv" else _jsonl_rows(lines)
             for line, fields in rows:
-                yield _request(path, line, fields)
+                yield fields if isinstance(fields, ManifestError) else _request(line, fields)
     except OSError as e:
         raise UsageError(f"cannot read manifest {path}: {e.strerror or e}") from e
 
 
-def _jsonl_rows(f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, text in enumerate(f, start=1):
+def _decoded_lines(f: IO[bytes]) -> Iterator[tuple[int, str | ManifestError]]:
+    """Lines as text (a UTF-8 byte-order mark allowed, as Excel writes it), numbered."""
+    for number, raw in enumerate(f, start=1):
+        try:
+            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield number, ManifestError(number, f"not UTF-8 (byte {e.start + 1}); save as UTF-8")
+
+
+def _jsonl_rows(
+    lines: Iterator[tuple[int, str | ManifestError]],
+) -> Iterator[tuple[int, dict[str, Any] | ManifestError]]:
+    for line, text in lines:
+        if isinstance(text, ManifestError):
+            yield line, text
+            continue
         if not text.strip():
             continue
         try:
             fields = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UsageError(f"line {line}: not JSON ({e.msg})") from e
+            yield line, ManifestError(line, f"not JSON ({e.msg})")
+            continue
+        except RecursionError:
+            yield line, ManifestError(line, "JSON nested too deeply")
+            continue
         if not isinstance(fields, dict):
-            raise UsageError(f"line {line}: expected a JSON object")
+            yield line, ManifestError(line, "expected a JSON object")
+            continue
         yield line, fields
 
 
-def _csv_rows(f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(f)
+def _csv_rows(
+    lines: Iterator[tuple[int, str | ManifestError]],
+) -> Iterator[tuple[int, dict[str, Any] | ManifestError]]:
+    errors: list[ManifestError] = []
+
+    def texts() -> Iterator[str]:
+        for _, text in lines:
+            if isinstance(text, ManifestError):
+                errors.append(text)
+                yield "\n"  # keep the reader's line count; the error is reported instead
+            else:
+                yield text
+
+    reader = csv.DictReader(texts())
     for row in reader:
+        while errors:
+            error = errors.pop(0)
+            yield error.line, error
         fields: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "")}
         if not fields:
             continue
-        urls = fields.get("image_urls", "")
-        fields["image_urls"] = [u for u in urls.replace("|", " ").split() if u]
-        if "nsfw_checker" in fields:
-            fields["nsfw_checker"] = fields["nsfw_checker"].strip().lower() in ("1", "true")
-        yield reader.line_num, fields
+        yield reader.line_num, _csv_fields(reader.line_num, fields)
+    for error in errors:
+        yield error.line, error
 
 
-def _request(path: Path, line: int, fields: dict[str, Any]) -> EditRequest:
+def _csv_fields(line: int, fields: dict[str, Any]) -> dict[str, Any] | ManifestError:
+    if None in fields or any(isinstance(v, list) for v in fields.values()):
+        return ManifestError(line, "more values than header columns")
+    urls = fields.get("image_urls", "")
+    fields["image_urls"] = [u for u in urls.replace("|", " ").split() if u]
+    if "nsfw_checker" in fields:
+        flag = fields["nsfw_checker"].strip().lower()
+        if flag not in _TRUE | _FALSE:
+            return ManifestError(line, f"nsfw_checker must be true or false, got {flag!r}")
+        fields["nsfw_checker"] = flag in _TRUE
+    return fields
+
+
+def _request(line: int, fields: dict[str, Any]) -> EditRequest | ManifestError:
     unknown = set(fields) - MANIFEST_FIELDS
     if unknown:
-        raise UsageError(f"{path}:{line}: unknown field(s) {', '.join(sorted(unknown))}")
+        hints = []
+        for name in sorted(unknown):
+            close = difflib.get_close_matches(name, MANIFEST_FIELDS, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return ManifestError(line, f"unknown field(s) {', '.join(hints)}")
     try:
         return EditRequest(**fields)
     except InvalidRequest as e:
-        raise UsageError(f"{path}:{line}: {e}") from e
+        return ManifestError(line, str(e))
     except TypeError as e:
-        raise UsageError(f"{path}:{line}: {e}") from e
+        return ManifestError(line, str(e))
 
 
-def check_manifest(path: Path) -> int:
-    """Validate every line before anything is paid for; return the number of edits."""
-    return sum(1 for _ in read_manifest(path))
+def check_manifest(path: Path) -> list[EditRequest]:
+    """Validate every line before anything is paid for; report every bad line (up to a cap)."""
+    requests: list[EditRequest] = []
+    errors: list[ManifestError] = []
+    for item in _manifest_items(path):
+        if isinstance(item, ManifestError):
+            errors.append(item)
+        else:
+            requests.append(item)
+    if len(errors) == 1:
+        raise UsageError(f"{path}:{errors[0]}")
+    if errors:
+        shown = "\n".join(f"  {path}:{e}" for e in errors[:MAX_REPORTED])
+        hidden = len(errors) - MAX_REPORTED
+        more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+        raise UsageError(
+            f"{len(errors)} bad lines in the manifest, nothing was sent:\n{shown}{more}"
+        )
+    return requests
+
+
+def check_journal(path: Path, requests: Sequence[EditRequest]) -> None:
+    """Refuse, before anything is written, a journal that is busy, damaged or another batch's."""
+    with Journal(path) as journal:
+        for index, request in enumerate(requests):
+            journal.get(index, request)
+
+
+def check_output(out: Path, download_to: str | None) -> None:
+    """Refuse output places that cannot work, before anything is paid for."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out} is not writable")
+    if download_to is not None and Path(download_to).exists() and not Path(download_to).is_dir():
+        raise UsageError(f"--download-to {download_to} exists and is not a directory")
 
 
 # --- the client and the simulator -----------------------------------------------------------
@@ -171,12 +288,17 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415 (the [cli] extra, checked in main)
 
     manifest = Path(args.manifest)
-    total = check_manifest(manifest)
+    # Everything checkable is checked before anything is paid for or any file is touched.
+    total = len(check_manifest(manifest))
+    if not args.simulate:
+        resolve_api_key(None)  # a missing key: exit 2 now, not after the journal exists
     out = Path(args.out or manifest.with_suffix(".results.jsonl").name)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out, args.download_to)
     journal = args.journal
     if journal is None and not args.simulate:
         journal = str(out.with_suffix(".journal"))
+    if journal is not None:
+        check_journal(Path(journal), check_manifest(manifest))
     console = Console(stderr=True)
     progress = BatchProgress(total=total)
     console.print(
@@ -186,11 +308,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     )
     async with open_client(args) as client:
         await client.credits()  # fail fast, with one line, if the service is out of reach
-        # Lines are small and flushed one by one: blocking writes cost microseconds.
-        with (
-            out.open("w", encoding="utf-8") as results,  # noqa: ASYNC230
-            _live_progress(progress, console, quiet=args.quiet),
-        ):
+        with _live_progress(progress, console, quiet=args.quiet), _Results(out) as results:
             async for item in client.edit_many(
                 read_manifest(manifest),
                 journal=journal,
@@ -198,10 +316,37 @@ async def cmd_batch(args: argparse.Namespace) -> int:
                 download_to=args.download_to,
                 progress=progress,
             ):
-                results.write(json.dumps(item_line(item)) + "\n")
-                results.flush()
+                results.write(item_line(item))
     _summary(progress, out, args.download_to, Console())
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
+
+
+class _Results:
+    """The results JSONL, opened at the first line: a run refused before it leaves it alone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> _Results:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        elif exc[0] is None:  # a batch with nothing to report still leaves its (empty) file
+            self._open().close()
+
+    def _open(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.open("w", encoding="utf-8")
+
+    def write(self, line: dict[str, Any]) -> None:
+        """Write and flush one line (small: a blocking write costs microseconds)."""
+        if self._file is None:
+            self._file = self._open()
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
 
 
 def item_line(item: BatchItem) -> dict[str, Any]:
@@ -465,7 +610,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
-    except (UsageError, InvalidRequest) as e:
+    except (UsageError, InvalidRequest, JournalError, ReceiverError) as e:
         return _fail(str(e), EXIT_USAGE)
     except ApiError as e:
         return _fail(_service_message(e, args), EXIT_SERVICE)

@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import attrs
@@ -89,6 +89,11 @@ class SimulatorConfig:
     images_per_task: int = 1
     #: HTTP status of result file downloads (anything but 200 serves an error page).
     file_status: int = 200
+    #: Result URLs to hand out instead of the simulator's own, as a template with
+    #: ``{task_id}`` and ``{n}`` (say ``http://10.0.0.1/{task_id}.png``, to test a client).
+    result_url_template: str | None = None
+    #: Rewrites each record just before it is sent (recordInfo and callbacks): hostile answers.
+    tamper: Callable[[dict[str, Any]], object] | None = None
     #: Seed of the simulator's randomness.
     seed: int | None = None
 
@@ -234,8 +239,20 @@ class Simulator:
         )
         if task.fails:
             return attrs.evolve(final, fail_code="GENERATION_FAILED", fail_msg="simulated failure")
-        urls = tuple(task.files_base / task_id / f"{n}.png" for n in range(task.images))
+        template = self.config.result_url_template
+        urls = tuple(
+            URL(template.format(task_id=task_id, n=n))
+            if template
+            else task.files_base / task_id / f"{n}.png"
+            for n in range(task.images)
+        )
         return attrs.evolve(final, result_urls=urls, credits_consumed=self.config.price)
+
+    def _wire_record(self, record: TaskRecord, *, old_schema: bool = False) -> dict[str, Any]:
+        wire = record_to_wire(record, old_schema=old_schema)
+        if self.config.tamper is not None:
+            self.config.tamper(wire)
+        return wire
 
     def _new_task(self, request: EditRequest, callback: URL | None, base: URL) -> _Task:
         cfg = self.config
@@ -287,7 +304,7 @@ class Simulator:
         body = envelope(
             200 if ok else 501,
             "Playground task completed successfully." if ok else "Playground task failed.",
-            record_to_wire(record, old_schema=self.config.callback_old_schema),
+            self._wire_record(record, old_schema=self.config.callback_old_schema),
         )
         headers = {"Content-Type": "application/json"}
         if self.config.hmac_key is not None:
@@ -391,7 +408,7 @@ class Simulator:
         if now - task.created < self.config.invisible_for:
             code = self.config.invisible_code
             return _answer(code, "recordInfo is null" if code == 422 else "task not found")
-        record = record_to_wire(self.record(task.task_id))
+        record = self._wire_record(self.record(task.task_id))
         record["param"] = json.dumps(json.dumps({"model": MODEL}))  # double-encoded, as seen
         record["costTime"] = round(task.latency)
         return _answer(200, "success", record)

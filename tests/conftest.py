@@ -75,6 +75,22 @@ async def make_client(sim: Simulator) -> AsyncIterator[ClientFactory]:
     yield factory
     for client in made:
         await client.aclose()
+    await asyncio.sleep(0)  # let cancelled tasks finish unwinding
+    assert sdk_tasks() == [], "an SDK task outlived its client's aclose()"
+
+
+def sdk_tasks() -> list[asyncio.Task[object]]:
+    """Tasks running SDK code (the simulator's own excluded), other than the caller."""
+    found = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task() or task.done():
+            continue
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = code.co_filename if code is not None else ""
+        sdk = "seedream_async" in filename and not filename.endswith("simulator.py")
+        if task.get_name().startswith("seedream") or sdk:
+            found.append(task)
+    return found
 
 
 @pytest.fixture

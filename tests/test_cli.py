@@ -95,11 +95,11 @@ def test_csv_manifest(tmp_path: Path) -> None:
             '\n{"prompt": "x", "image_urls": []}\n',
             ":3: image_urls",
         ),
-        ('{"prompt": "ok", "image_urls": ["https://a/b.png"]}\n{oops\n', "line 2: not JSON"),
-        ('["a list"]\n', "line 1: expected a JSON object"),
+        ('{"prompt": "ok", "image_urls": ["https://a/b.png"]}\n{oops\n', ":2: not JSON"),
+        ('["a list"]\n', ":1: expected a JSON object"),
         (
             '{"prompt": "ok", "image_urls": ["https://a/b.png"], "qualty": "high"}\n',
-            ":1: unknown field(s) qualty",
+            ":1: unknown field(s) 'qualty' (did you mean 'quality'?)",
         ),
         (
             '{"prompt": "ok", "image_urls": ["https://a/b.png"], "aspect_ratio": "5:4"}\n',
