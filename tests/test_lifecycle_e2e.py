@@ -159,16 +159,18 @@ async def test_an_unexpected_exception_in_a_poll_fails_the_task_typed(sim: Simul
     broken = False
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(broken_hook)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        async with SeedreamClient("k", base_url=sim.url, session=session, settings=FAST) as client:
-            handle = await client.submit(request(0))
-            broken = True
-            async with asyncio.timeout(5):
-                with pytest.raises(ServerError, match="RuntimeError"):
-                    await handle.result()
-            assert client.in_flight == 0  # its slot came back
-            broken = False
-            assert (await client.edit(request(1))).urls  # the poller still serves others
+    async with (
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+        SeedreamClient("k", base_url=sim.url, session=session, settings=FAST) as client,
+    ):
+        handle = await client.submit(request(0))
+        broken = True
+        async with asyncio.timeout(5):
+            with pytest.raises(ServerError, match="RuntimeError"):
+                await handle.result()
+        assert client.in_flight == 0  # its slot came back
+        broken = False
+        assert (await client.edit(request(1))).urls  # the poller still serves others
 
 
 async def test_no_sdk_task_outlives_close(sim: Simulator, make_client: ClientFactory) -> None:
