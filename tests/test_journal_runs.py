@@ -1,0 +1,180 @@
+"""Issue 9 §2, §4, §9: a journal belongs to one run; a refused run touches nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seedream_async import EditRequest, JournalBusy, JournalError, JournalMismatch
+from seedream_async._journal import Journal, Stage
+from seedream_async.simulator import Simulator
+from tests.conftest import ClientFactory, request, until
+from tests.test_cli import run, small_manifest
+
+PRECIOUS = b"results of an earlier run\n"
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "seedream_async.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_two_runs_on_one_journal_the_second_is_refused_at_once(tmp_path: Path) -> None:
+    """An overlapping cron: before, both runs submitted every input (80 paid for 40)."""
+    manifest = small_manifest(tmp_path / "m.jsonl", 30)
+    journal = tmp_path / "j.sqlite"
+    first = cli("batch", str(manifest), "--simulate", "--journal", str(journal), "-q",
+                "--out", str(tmp_path / "first.jsonl"))  # fmt: skip
+    lock = journal.with_name(journal.name + ".lock")
+    deadline = time.monotonic() + 20
+    while not (lock.exists() and b"pid" in lock.read_bytes()):
+        assert time.monotonic() < deadline, "the first run never took the journal"
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    second_out = tmp_path / "second.jsonl"
+    second_out.write_bytes(PRECIOUS)
+    started = time.monotonic()
+    second = cli("batch", str(manifest), "--simulate", "--journal", str(journal), "-q",
+                 "--out", str(second_out))  # fmt: skip
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == 2
+    assert time.monotonic() - started < 10  # at once, not after a batch's worth of work
+    message = err.decode()
+    assert str(journal) in message
+    assert f"pid {first.pid}" in message  # names what holds it
+    assert "Traceback" not in message
+    assert second_out.read_bytes() == PRECIOUS
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+
+
+def test_a_killed_run_releases_its_journal(tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from seedream_async._journal import Journal;"
+         "j = Journal(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(journal)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == b"held\n"
+    with pytest.raises(JournalBusy, match="in use by another run") as busy:
+        Journal(journal)
+    assert busy.value.holder is not None
+    assert f"pid {holder.pid}" in busy.value.holder
+    holder.send_signal(signal.SIGKILL)
+    holder.communicate()
+    Journal(journal).close()  # no stale lock to delete by hand
+
+
+@pytest.mark.parametrize("why", ["mismatch", "busy", "bad manifest", "missing key", "damaged"])
+def test_a_refused_run_exits_2_and_leaves_its_files_alone(
+    tmp_path: Path,
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 4)
+    journal = tmp_path / "j.sqlite"
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(PRECIOUS)
+    args = ["batch", str(manifest), "--journal", str(journal), "--out", str(out), "-q"]
+    held = None
+    if why == "mismatch":  # a journal written for other inputs
+        other = tmp_path / "other.jsonl"
+        other.write_text(
+            '{"prompt": "something else", "image_urls": ["https://x.example/a.png"]}\n'
+        )
+        assert run("batch", str(other), "--simulate", "--journal", str(journal), "-q",
+                   "--out", str(tmp_path / "other.out")) == 0  # fmt: skip
+    elif why == "busy":
+        held = Journal(journal)
+    elif why == "bad manifest":
+        manifest.write_text(manifest.read_text() + "{not json\n")
+    elif why == "missing key":
+        monkeypatch.delenv("APIKLEY_API_KEY", raising=False)
+    elif why == "damaged":
+        journal.write_bytes(b"this is not a database, it is a truncated mess" * 100)
+    if why != "missing key":
+        args.append("--simulate")
+    before = journal.read_bytes() if journal.exists() else None
+    try:
+        assert run(*args) == 2
+    finally:
+        if held is not None:
+            held.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") >= 1
+    assert out.read_bytes() == PRECIOUS
+    if before is not None and why != "busy":
+        assert journal.read_bytes() == before
+
+
+async def test_edit_many_refuses_a_journal_another_run_holds(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    sim.config.latency = (0.3, 0.3)
+    journal = tmp_path / "j.sqlite"
+    client = make_client(callbacks=True)
+    first = client.edit_many([request(n) for n in range(10)], journal=journal)
+    first_item = asyncio.ensure_future(anext(first))
+    await until(lambda: sim.stats.create_requests > 0)
+    created = sim.stats.create_requests
+    with pytest.raises(JournalBusy):
+        async for _ in make_client().edit_many([request(n) for n in range(10)], journal=journal):
+            pass
+    await first_item
+    async for _ in first:
+        pass
+    assert sim.stats.tasks_created == 10
+    assert created <= 10
+
+
+async def test_a_journal_of_other_inputs_is_refused_before_anything_is_sent(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The journal matches the first inputs but not input 9; input 3 was never journaled (a
+    refusal in the earlier run). Before, input 3 was paid for, then the mismatch raised."""
+    journal = tmp_path / "j.sqlite"
+    earlier = [request(n) for n in range(10)]
+    with Journal(journal) as j:
+        for n, req in enumerate(earlier):
+            if n != 3:
+                j.sending(n, req, None)
+                j.ended(n, Stage.FAILED, RuntimeError("failed in the earlier run"))
+    now = [*earlier[:9], request(99)]
+    with pytest.raises(JournalMismatch, match="input 9"):
+        async for _ in make_client(max_in_flight=2).edit_many(now, journal=journal):
+            pass
+    assert sim.stats.create_requests == 0
+
+
+async def test_a_garbage_journal_is_a_typed_error(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    journal.write_bytes(b"SQLite format 3\x00" + os.urandom(3000))
+    with pytest.raises(JournalError, match="not a batch journal"):
+        async for _ in make_client().edit_many([request(0)], journal=journal):
+            pass
+
+
+def test_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    with Journal(journal) as j:
+        j.sending(0, EditRequest(prompt="p", image_urls=["https://a.example/x.png"]), "t" * 24)
+    for path in (journal, journal.with_name(journal.name + ".lock")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
