@@ -61,7 +61,8 @@ def refusal(address: str) -> str | None:
     ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for rule in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    # Most specific first: Python counts link-local, reserved and 0.0.0.0 as private too.
+    for rule in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(ip, f"is_{rule}"):
             return f"{address} is a {rule.replace('_', '-')} address"
     if not ip.is_global:  # shared (100.64/10), documentation ranges and the like
