@@ -7,7 +7,7 @@ batches that survive crashes without paying twice.
 """
 
 from ._batch import BatchItem, BatchProgress
-from ._client import ClientState, SeedreamClient, TaskHandle
+from ._client import ClientState, SeedreamClient
 from ._config import PollSchedule, Settings
 from ._errors import (
     ApiError,
@@ -32,6 +32,7 @@ from ._errors import (
     TaskTimeout,
     UsageLimitExceeded,
 )
+from ._handle import TaskHandle
 from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, TaskState
 from ._receiver import CallbackReceiver, Reply
 

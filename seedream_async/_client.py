@@ -16,11 +16,11 @@ from yarl import URL
 from ._batch import BatchItem, BatchProgress, BatchRunner
 from ._config import Settings, resolve_api_key, resolve_base_url
 from ._errors import ClientClosed, InvalidRequest, ReceiverError, SeedreamError
+from ._handle import TaskHandle
 from ._journal import Journal
-from ._lifecycle import Task
-from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord
+from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, request_from
 from ._receiver import CallbackReceiver
-from ._tracker import Tracker, check_token, result_of
+from ._tracker import Tracker, check_token
 from ._transport import Transport
 
 
@@ -30,47 +30,6 @@ class ClientState(enum.Enum):
     UNOPENED = 1
     OPENED = 2
     CLOSED = 3
-
-
-class TaskHandle:
-    """A task the service accepted; await ``result()`` for its outcome."""
-
-    __slots__ = ("_client", "_task")
-
-    def __init__(self, client: SeedreamClient, task: Task) -> None:
-        self._client = client
-        self._task = task
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.task_id} done={self.done()}>"
-
-    @property
-    def task_id(self) -> str:
-        """The service's id for this task."""
-        assert self._task.task_id is not None
-        return self._task.task_id
-
-    @property
-    def request(self) -> EditRequest | None:
-        """The request, when this process submitted it (or passed it to ``resume``)."""
-        return self._task.request
-
-    @property
-    def token(self) -> str | None:
-        """The callback token this task was submitted with, if any."""
-        return self._task.token
-
-    def done(self) -> bool:
-        """True once the task's outcome is known (whichever way)."""
-        return self._task.done
-
-    async def result(self) -> EditResult:
-        """Wait for the task to end; cancelling this wait never stops tracking the task."""
-        return await result_of(self._task)
-
-    async def record(self) -> TaskRecord:
-        """Ask the service for the task's current record."""
-        return await self._client.get_task(self.task_id)
 
 
 class SeedreamClient:
@@ -224,18 +183,14 @@ class SeedreamClient:
         nsfw_checker: bool | None = None,
     ) -> EditResult:
         """Submit one edit and wait for its result (bound the whole wait with asyncio.timeout)."""
-        if request is None:
-            if prompt is None or image_urls is None:
-                raise InvalidRequest("request", "pass an EditRequest or prompt and image_urls")
-            request = EditRequest(
-                prompt=prompt,
-                image_urls=image_urls,
-                aspect_ratio=aspect_ratio,
-                quality=quality,
-                nsfw_checker=nsfw_checker,
-            )
-        elif prompt is not None or image_urls is not None:
-            raise InvalidRequest("request", "pass an EditRequest or its fields, not both")
+        request = request_from(
+            request,
+            prompt=prompt,
+            image_urls=image_urls,
+            aspect_ratio=aspect_ratio,
+            quality=quality,
+            nsfw_checker=nsfw_checker,
+        )
         handle = await self.submit(request)
         return await handle.result()
 

@@ -146,6 +146,31 @@ class EditRequest:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def request_from(
+    request: EditRequest | None,
+    *,
+    prompt: str | None,
+    image_urls: Iterable[str | URL] | None,
+    aspect_ratio: AspectRatio | str,
+    quality: Quality | str,
+    nsfw_checker: bool | None,
+) -> EditRequest:
+    """The request ``edit()`` means: one given whole, or one built from its fields."""
+    if request is None:
+        if prompt is None or image_urls is None:
+            raise InvalidRequest("request", "pass an EditRequest or prompt and image_urls")
+        return EditRequest(
+            prompt=prompt,
+            image_urls=image_urls,
+            aspect_ratio=aspect_ratio,
+            quality=quality,
+            nsfw_checker=nsfw_checker,
+        )
+    if prompt is not None or image_urls is not None:
+        raise InvalidRequest("request", "pass an EditRequest or its fields, not both")
+    return request
+
+
 @attrs.frozen(kw_only=True)
 class TaskRecord:
     """What the service knows about a task (recordInfo data, or a callback's data)."""
