@@ -15,8 +15,10 @@ import json
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,6 +33,7 @@ from seedream_async import (
     SeedreamClient,
     Settings,
 )
+from seedream_async._journal import Journal
 
 #: No createTask limit: the overhead runs measure the SDK, not the account.
 UNLIMITED = Settings(create_rate=10_000_000, create_period=1.0, query_rate=10_000)
@@ -94,11 +97,13 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def drive(client: SeedreamClient, variant: str, n: int, in_flight: int) -> None:
-    if variant == "edit_many":
-        done = 0
-        async for item in client.edit_many(requests(n)):
-            assert item.ok, item.error
-            done += 1
+    if variant.startswith("edit_many"):
+        with tempfile.TemporaryDirectory() as tmp:
+            journal = Path(tmp) / "bench.journal" if variant == "edit_many_journal" else None
+            done = 0
+            async for item in client.edit_many(requests(n), journal=journal):
+                assert item.ok, item.error
+                done += 1
         assert done == n
         return
     batch = list(requests(n))
@@ -225,6 +230,26 @@ async def polling(args: argparse.Namespace) -> dict[str, Any]:
     return {"n": len(results), "wall": t.wall}
 
 
+# --- 6. journal writes -------------------------------------------------------------------
+
+
+async def journal_writes(args: argparse.Namespace) -> dict[str, Any]:
+    """Cost of one fsynced ``sending`` row against one ``NORMAL`` update, on this disk."""
+    with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j") as journal:
+        batch = list(requests(args.n))
+        with Timer() as sending:
+            for index, request in enumerate(batch):
+                journal.sending(index, request, None)
+        with Timer() as accepted:
+            for index in range(args.n):
+                journal.accepted(index, f"task_{index}")
+    return {
+        "n": args.n,
+        "sending_us": 1e6 * sending.wall / args.n,
+        "accepted_us": 1e6 * accepted.wall / args.n,
+    }
+
+
 MODES = {
     "overhead": overhead,
     "memory": memory,
@@ -232,6 +257,7 @@ MODES = {
     "rate": rate,
     "latency": latency,
     "polling": polling,
+    "journal_writes": journal_writes,
 }
 
 

@@ -27,7 +27,7 @@ import attrs
 from seedream_async.simulator import Simulator, SimulatorConfig
 
 HERE = Path(__file__).parent
-VARIANTS = ("baseline", "edit_many", "edit")
+VARIANTS = ("baseline", "edit_many", "edit", "edit_many_journal")
 #: With two cores or more, the service (this process) and the client get one core each:
 #: measured side by side on a shared core, runs of the same setting spread 10-25 %.
 PINNED = len(os.sched_getaffinity(0)) >= 2
@@ -145,6 +145,11 @@ async def rate_limit(n: int, rate: int, period: float) -> dict[str, Any]:
 async def wake_latency(n: int) -> dict[str, Any]:
     run = await measured("latency", SimulatorConfig(latency=(1.0, 2.0)), n=n)
     return {"in_flight": n, **{k: run[k] for k in ("p50_ms", "p99_ms", "max_ms")}}
+
+
+async def journal_writes(n: int) -> dict[str, Any]:
+    run = await measured("journal_writes", SimulatorConfig(), n=n)
+    return {k: run[k] for k in ("n", "sending_us", "accepted_us")}
 
 
 async def polling(n: int, rate: int) -> dict[str, Any]:
@@ -297,13 +302,20 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         f" finished task, peak {pol['peak_poll_rate']} per second, {pol['rate_limited']} responses"
         f" 429, {pol['wall']:.1f} s.",
         "",
+        "## 6. Journal writes",
+        "",
+        f"{r['journal_writes']['n']:,} rows on this machine's disk: the fsynced `sending` row"
+        f" written before each createTask costs {r['journal_writes']['sending_us']:.0f} us, an"
+        f" update with `synchronous=NORMAL` {r['journal_writes']['accepted_us']:.0f} us."
+        " `edit_many_journal` in table 1 is the whole batch with a journal.",
+        "",
         notes.strip(),
         "",
     ]
     return "\n".join(lines)
 
 
-ONLY = ("overhead", "memory", "batch_peak", "rate_limit", "latency", "polling")
+ONLY = ("overhead", "memory", "batch_peak", "rate_limit", "latency", "polling", "journal_writes")
 
 
 async def _one(name: str, plan: Plan) -> dict[str, Any]:
@@ -320,6 +332,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
         "rate_limit": lambda: rate_limit(plan.rate_tasks, 20, plan.rate_period),
         "latency": lambda: wake_latency(plan.latency_tasks),
         "polling": lambda: polling(plan.polled_tasks, 20),
+        "journal_writes": lambda: journal_writes(plan.journal_writes),
     }
 
 
@@ -349,11 +362,12 @@ class Plan:
     rate_period: float
     latency_tasks: int
     polled_tasks: int
+    journal_writes: int
 
 
-QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50)
+QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50, 200)
 FULL = Plan(
-    3, {"10": 3000, "100": 3000, "1000": 5000}, 10_000, 10_000, 100_000, 200, 0.5, 1000, 200
+    3, {"10": 3000, "100": 3000, "1000": 5000}, 10_000, 10_000, 100_000, 200, 0.5, 1000, 200, 2000
 )
 
 
