@@ -182,9 +182,9 @@ class StampingReceiver(CallbackReceiver):
         super().__init__()
         self.arrived: dict[str, float] = {}
 
-    def handle(self, method: str, token: str, body: bytes, headers: Any) -> Reply:
+    async def ahandle(self, method: str, token: str, body: bytes, headers: Any) -> Reply:
         self.arrived[token] = time.perf_counter()
-        return super().handle(method, token, body, headers)
+        return await super().ahandle(method, token, body, headers)
 
 
 async def latency(args: argparse.Namespace) -> dict[str, Any]:

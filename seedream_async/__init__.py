@@ -9,11 +9,14 @@ batches that survive crashes without paying twice.
 from ._batch import BatchItem, BatchProgress
 from ._client import ClientState, SeedreamClient
 from ._config import PollSchedule, Settings
+from ._coordination import Coordinator, LocalCoordinator
 from ._errors import (
     ApiError,
     AuthenticationError,
     ClientClosed,
+    CoordinatorUnavailable,
     DownloadError,
+    ExtraNotInstalled,
     FeatureDisabled,
     InsufficientCredits,
     InvalidRequest,
@@ -35,6 +38,7 @@ from ._errors import (
 from ._handle import TaskHandle
 from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, TaskState
 from ._receiver import CallbackReceiver, Reply
+from ._redis import RedisCoordinator
 
 __all__ = [
     "ApiError",
@@ -45,20 +49,25 @@ __all__ = [
     "CallbackReceiver",
     "ClientClosed",
     "ClientState",
+    "Coordinator",
+    "CoordinatorUnavailable",
     "DownloadError",
     "EditRequest",
     "EditResult",
+    "ExtraNotInstalled",
     "FeatureDisabled",
     "InsufficientCredits",
     "InvalidRequest",
     "JournalBusy",
     "JournalError",
     "JournalMismatch",
+    "LocalCoordinator",
     "NotFound",
     "PollSchedule",
     "Quality",
     "RateLimited",
     "ReceiverError",
+    "RedisCoordinator",
     "Reply",
     "RequestRejected",
     "SeedreamClient",

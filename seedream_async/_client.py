@@ -15,6 +15,7 @@ from yarl import URL
 
 from ._batch import BatchItem, BatchProgress, BatchRunner
 from ._config import Settings, resolve_api_key, resolve_base_url
+from ._coordination import Coordinator, LocalCoordinator
 from ._errors import ClientClosed, InvalidRequest, ReceiverError, SeedreamError
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -39,7 +40,9 @@ class SeedreamClient:
     ``api_key`` falls back to ``$APIKLEY_API_KEY`` and ``base_url`` to ``$APIKLEY_BASE_URL``.
     A ``session`` you pass is used and never closed; one the client makes is closed by
     ``aclose()``. With ``callbacks=CallbackReceiver(...)`` tasks are resolved by the
-    service's callbacks (polling is the safety net); without, by polling.
+    service's callbacks (polling is the safety net); without, by polling. With
+    ``coordinator=RedisCoordinator(...)`` every client of one Redis namespace shares the
+    account's limits, callbacks and results.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class SeedreamClient:
         callbacks: CallbackReceiver | None = None,
         settings: Settings | None = None,
         max_in_flight: int | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         settings = settings or Settings()
         if max_in_flight is not None:
@@ -64,7 +68,8 @@ class SeedreamClient:
         self._owns_receiver = False
         self._state = ClientState.UNOPENED
         self._start_lock = asyncio.Lock()
-        self._tracker = Tracker(settings, callbacks)
+        self._coordinator: Coordinator = coordinator or LocalCoordinator()
+        self._tracker = Tracker(settings, callbacks, self._coordinator)
 
     def __repr__(self) -> str:
         mode = "callbacks" if self._receiver is not None else "polling"
@@ -123,10 +128,14 @@ class SeedreamClient:
                 except OSError as e:
                     raise ReceiverError(f"the callback receiver could not start: {e}") from e
                 self._owns_receiver = True
-            self._tracker.start(
-                Transport(session, self.base_url, self._api_key, self.settings), session
+            await self._coordinator.start(self._tracker.lifecycle)
+            limiters = self._coordinator.limiters(self.settings)
+            transport = Transport(
+                session, self.base_url, self._api_key, self.settings, limiters=limiters
             )
+            self._tracker.start(transport, session)
         except BaseException:
+            await self._coordinator.aclose()
             if self._owns_receiver and receiver is not None:
                 self._owns_receiver = False
                 await receiver.aclose()

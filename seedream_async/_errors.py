@@ -24,6 +24,8 @@ reaches a caller (it is kept as ``__cause__``)::
     │   ├── JournalMismatch (ValueError)   it belongs to other inputs
     │   └── JournalBusy                    another run holds it
     ├── ReceiverError (OSError)            the callback receiver could not start (say, bind)
+    ├── CoordinatorUnavailable             the fleet's Redis could not be reached in time
+    ├── ExtraNotInstalled (ImportError)    an optional extra is needed (say, redis)
     └── DownloadError                      a result image could not be fetched, or was refused
 """
 
@@ -190,6 +192,14 @@ class JournalBusy(JournalError):
 
 class ReceiverError(SeedreamError, OSError):
     """The callback receiver could not start (its address is in use, say)."""
+
+
+class CoordinatorUnavailable(SeedreamError):
+    """The fleet's coordinator (Redis) could not be reached in time; nothing was sent."""
+
+
+class ExtraNotInstalled(SeedreamError, ImportError):
+    """A feature needs an optional extra that is not installed; the message says which."""
 
 
 class DownloadError(SeedreamError):

@@ -32,6 +32,7 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from ._config import Settings
@@ -227,6 +228,8 @@ class Lifecycle:
         #: Callbacks only prompt a poll; their claims are never trusted on their own.
         self.confirm_callbacks = confirm_callbacks
         self.watcher: Watcher = _NoWatcher()
+        #: Told of every final record (a fleet keeps it for the other processes).
+        self.on_final: Callable[[Task, TaskRecord], None] | None = None
         self.in_flight = 0
         self.closed = False
         self._by_token: dict[str, Task] = {}
@@ -243,15 +246,17 @@ class Lifecycle:
             self.in_flight += 1
         return task
 
-    def attach(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
-        """Track a task accepted earlier (``resume``): its clocks start now; poll it now."""
+    def attach(
+        self, task_id: str, request: EditRequest | None, token: str | None, *, poll_now: bool = True
+    ) -> Task:
+        """Track a task accepted earlier (``resume``): its clocks start now."""
         self._refuse_if_closed()
         if (known := self._by_task.get(task_id)) is not None:
             return known
         task = self._new(request, token=token, task_id=task_id, holds_slot=False)
         task.phase = Phase.ACCEPTED
         self._start_clocks(task, self._now())
-        self.watcher.watch(task, poll_now=True)
+        self.watcher.watch(task, poll_now=poll_now)
         return task
 
     def attach_unknown(self, token: str, request: EditRequest, error: SubmissionUnknown) -> Task:
@@ -284,6 +289,10 @@ class Lifecycle:
     def get_task(self, task_id: str) -> Task | None:
         """Return the live task with this id, if tracked."""
         return self._by_task.get(task_id)
+
+    def has_token(self, token: str) -> bool:
+        """True while a task with this callback token is live."""
+        return token in self._by_token
 
     def live(self) -> list[Task]:
         """Return every task not yet final."""
@@ -340,7 +349,7 @@ class Lifecycle:
         task = self._by_token.get(token)
         if task is not None:
             return task.task_id
-        return self._finished.get(token)
+        return self._finished.get(token) or None
 
     def offer(self, token: str, record: TaskRecord) -> Offer:
         """Judge a callback for ``token``."""
@@ -349,6 +358,13 @@ class Lifecycle:
             finished = self._finished.get(token)
             if finished is None:
                 return Offer.UNKNOWN_TOKEN
+            if finished == "":  # it ended before its id was known: this proves it exists
+                log.warning(
+                    "a late callback shows task %s exists (state %s), after it ended here",
+                    record.task_id,
+                    record.state.value,
+                )
+                return Offer.DUPLICATE
             return Offer.DUPLICATE if finished == record.task_id else Offer.WRONG_TASK
         if task.task_id is not None and task.task_id != record.task_id:
             return Offer.WRONG_TASK
@@ -445,6 +461,8 @@ class Lifecycle:
             return
         if record is not None:
             task.future.set_result(record)
+            if self.on_final is not None:
+                self.on_final(task, record)
         else:
             assert error is not None
             task.future.set_exception(error)
@@ -459,8 +477,9 @@ class Lifecycle:
         if task.token is not None:
             if self._by_token.get(task.token) is task:
                 del self._by_token[task.token]
-            if task.task_id is not None:
-                self._finished[task.token] = task.task_id
+            # Sent and not refused: the service may still call it back.
+            if task.sent_at != float("inf") and task.phase is not Phase.DROPPED:
+                self._finished[task.token] = task.task_id or ""
                 if len(self._finished) > FINISHED_TOKENS_KEPT:
                     self._finished.popitem(last=False)
         if task.task_id is not None and self._by_task.get(task.task_id) is task:
@@ -471,6 +490,8 @@ class Lifecycle:
         task.task_id = task_id
         if not task.done:
             self._by_task.setdefault(task_id, task)
+        elif task.token is not None and self._finished.get(task.token) == "":
+            self._finished[task.token] = task_id  # a late answer names what ended here
 
     def _start_clocks(self, task: Task, origin: float) -> None:
         task.started = origin

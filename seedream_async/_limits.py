@@ -20,10 +20,27 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from typing import Protocol
 
 from ._errors import ClientClosed
 
 _CLOSED = "the client was closed while this request waited for its turn"
+
+
+class Limiter(Protocol):
+    """What the transport needs of a rate limit: in-process, or shared by a fleet (Redis)."""
+
+    async def acquire(self) -> object:
+        """Wait for a grant; cancelling the wait costs nothing."""
+
+    def release(self, grant: object = None, *, sent: bool = True) -> None:
+        """End a grant: a ``sent`` one counts for a period from now, another is refunded."""
+
+    def pause_until(self, when: float) -> None:
+        """Grant nothing before loop time ``when`` (a 429 with its Retry-After)."""
+
+    def close(self) -> None:
+        """Grant nothing more: every waiter, now or later, gets ``ClientClosed``."""
 
 
 class SlidingWindowLimiter:
@@ -70,7 +87,7 @@ class SlidingWindowLimiter:
                 self.release(sent=False)
             raise
 
-    def release(self, *, sent: bool = True) -> None:
+    def release(self, grant: object = None, *, sent: bool = True) -> None:
         """End a grant: a ``sent`` one counts for a period from now, another is refunded."""
         loop = asyncio.get_running_loop()
         self._held -= 1

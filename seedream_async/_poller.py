@@ -20,6 +20,7 @@ import math
 import random
 
 from ._config import Settings
+from ._coordination import Coordinator, LocalCoordinator
 from ._errors import ClientClosed, ServerError
 from ._lifecycle import Lifecycle, Task
 from ._models import TaskRecord
@@ -37,9 +38,17 @@ class Poller:
     """Polls watched tasks by due time and expires them at their deadline."""
 
     def __init__(
-        self, transport: Transport, lifecycle: Lifecycle, settings: Settings, *, safety_net: bool
+        self,
+        transport: Transport,
+        lifecycle: Lifecycle,
+        settings: Settings,
+        *,
+        safety_net: bool,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._transport = transport
+        #: In a fleet, one process polls a task for all (a claim per poll).
+        self._coordinator = coordinator or LocalCoordinator()
         self._lifecycle = lifecycle
         self._settings = settings
         #: With callbacks, polls only catch lost ones.
@@ -166,6 +175,13 @@ class Poller:
         loop = asyncio.get_running_loop()
         record: TaskRecord | None = None
         error: BaseException | None = None
+        interval = self._interval(task, loop.time())
+        if self._coordinator.shared and not await self._coordinator.claim_poll(
+            task.task_id, interval
+        ):
+            # Another process polls it now; its answer reaches us through the fleet.
+            self._push(task, loop.time() + interval)
+            return
         try:
             record = await self._transport.get_record(task.task_id)
         except ClientClosed:

@@ -23,8 +23,10 @@ import attrs
 from aiohttp import web
 from yarl import URL
 
-from ._errors import ClientClosed, InvalidRequest
+from ._coordination import Coordinator
+from ._errors import ClientClosed, CoordinatorUnavailable, InvalidRequest
 from ._lifecycle import Lifecycle, Offer
+from ._models import TaskRecord
 from ._signing import verify
 from ._wire import MalformedPayload, parse_callback
 
@@ -100,6 +102,7 @@ class CallbackReceiver:
         #: (signature, token) of accepted callbacks -> monotonic time it may be forgotten.
         self._seen_signatures: dict[tuple[str, str], float] = {}
         self._lifecycle: Lifecycle | None = None
+        self._coordinator: Coordinator | None = None
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_route("*", self.path + "/{token}", self._aiohttp_handler)
@@ -131,11 +134,12 @@ class CallbackReceiver:
             self._url_prefix = str(self.public_url / self.path.lstrip("/")) + "/"
         return URL(self._url_prefix + token, encoded=True)
 
-    def attach(self, lifecycle: Lifecycle) -> None:
+    def attach(self, lifecycle: Lifecycle, coordinator: Coordinator | None = None) -> None:
         """Resolve tasks of this lifecycle (one client's); called by the client."""
         if self._lifecycle is not None and self._lifecycle is not lifecycle:
             raise InvalidRequest("callbacks", "this receiver already serves another client")
         self._lifecycle = lifecycle
+        self._coordinator = coordinator
 
     def detach(self, lifecycle: Lifecycle) -> None:
         """Stop resolving tasks of ``lifecycle``."""
@@ -169,18 +173,24 @@ class CallbackReceiver:
     async def _aiohttp_handler(self, request: web.Request) -> web.Response:
         body = b""
         if request.method == "POST":
-            if (request.content_length or 0) > self.max_body:
+            length = request.content_length
+            if (length or 0) > self.max_body:
                 return _response(Reply.error(413, "body too large"))
             try:
-                async with asyncio.timeout(self.body_timeout):
-                    body = await self._read_body(request)
+                if length is not None and request.content.total_bytes >= length:
+                    body = await request.read()  # all here already: no timer, one read
+                else:
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await self._read_body(request)
             except _TooLarge:
                 return _response(Reply.error(413, "body too large"))
             except TimeoutError:
                 return _response(Reply.error(408, "body too slow"))
             except (ConnectionError, web.HTTPException):
                 return _response(Reply.error(400, "incomplete body"))  # the peer hung up
-        reply = self.handle(request.method, request.match_info["token"], body, request.headers)
+        reply = await self.ahandle(
+            request.method, request.match_info["token"], body, request.headers
+        )
         return _response(reply)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -196,8 +206,39 @@ class CallbackReceiver:
         """
         Judge one callback request (any framework): raw parts in, status and body out.
 
-        ``headers`` may use any case (ASGI frameworks hand them over lower-cased).
+        ``headers`` may use any case (ASGI frameworks hand them over lower-cased). With a
+        fleet coordinator, use ``ahandle``: a token another process issued needs Redis.
         """
+        verdict = self._judge(method, token, body, headers)
+        if isinstance(verdict, Reply):
+            return verdict
+        return self._offer(token, *verdict)
+
+    async def ahandle(
+        self, method: str, token: str, body: bytes, headers: Mapping[str, str]
+    ) -> Reply:
+        """
+        ``handle``, and route a valid callback for a token this process does not hold to
+        the process that does (through the fleet's coordinator): 503 if that cannot be done
+        now, so the service tries again.
+        """
+        verdict = self._judge(method, token, body, headers)
+        if isinstance(verdict, Reply):
+            return verdict
+        reply = self._offer(token, *verdict)
+        coordinator = self._coordinator
+        if reply.status != 404 or coordinator is None or not coordinator.shared:
+            return reply
+        try:
+            offer = await coordinator.deliver(token, verdict[0])
+        except CoordinatorUnavailable:
+            return Reply.error(503, "try again later")
+        return self._reply(offer, token, verdict[1])
+
+    def _judge(
+        self, method: str, token: str, body: bytes, headers: Mapping[str, str]
+    ) -> Reply | tuple[TaskRecord, str | None]:
+        """Refuse what is not a valid callback; else its record and signature."""
         if method != "POST":
             return Reply.error(405, "method not allowed")
         lifecycle = self._lifecycle
@@ -222,7 +263,14 @@ class CallbackReceiver:
             return Reply.error(401, "bad signature")
         if signature is not None and self._replayed(signature, token):
             return _OK  # the same delivery again: already accepted
-        offer = lifecycle.offer(token, record)
+        return record, signature
+
+    def _offer(self, token: str, record: TaskRecord, signature: str | None) -> Reply:
+        if self._lifecycle is None:
+            return Reply.error(503, "not ready")
+        return self._reply(self._lifecycle.offer(token, record), token, signature)
+
+    def _reply(self, offer: Offer, token: str, signature: str | None) -> Reply:
         if offer is Offer.UNKNOWN_TOKEN:
             return Reply.error(404, "unknown callback")
         if offer is Offer.WRONG_TASK:

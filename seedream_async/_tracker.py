@@ -20,6 +20,7 @@ import aiohttp
 from yarl import URL
 
 from ._config import Settings
+from ._coordination import Coordinator, LocalCoordinator
 from ._downloads import Downloader
 from ._errors import ClientClosed, InvalidRequest, SubmissionUnknown, TaskFailed
 from ._lifecycle import Lifecycle, Phase, Task
@@ -59,9 +60,15 @@ async def result_of(task: Task) -> EditResult:
 class Tracker:
     """Submissions and their tasks for one client."""
 
-    def __init__(self, settings: Settings, receiver: CallbackReceiver | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        receiver: CallbackReceiver | None,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self.settings = settings
         self.receiver = receiver
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.slots = Slots(settings.max_in_flight)
         confirm = receiver is not None and receiver.confirm_with_record_info
         self.lifecycle = Lifecycle(
@@ -83,11 +90,17 @@ class Tracker:
             raise ClientClosed("this client is closed; make a new one")
         self.transport = transport
         self.poller = Poller(
-            transport, self.lifecycle, self.settings, safety_net=self.receiver is not None
+            transport,
+            self.lifecycle,
+            self.settings,
+            safety_net=self.receiver is not None,
+            coordinator=self.coordinator,
         )
         self.downloader = Downloader.for_settings(session, self.settings)
+        if self.coordinator.shared:
+            self.lifecycle.on_final = self.coordinator.share
         if self.receiver is not None:
-            self.receiver.attach(self.lifecycle)
+            self.receiver.attach(self.lifecycle, self.coordinator)
         for task in self.lifecycle.live():  # resumed before the client was open
             if task.phase is Phase.ACCEPTED:
                 self.poller.watch(task, poll_now=True)
@@ -111,6 +124,7 @@ class Tracker:
             self.receiver.detach(self.lifecycle)
         if self.downloader is not None:
             await self.downloader.aclose()
+        await self.coordinator.aclose()
 
     def new_token(self) -> str | None:
         """A fresh callback token, or None when nothing can call back."""
@@ -144,6 +158,12 @@ class Tracker:
             self.slots.release()
             raise
         callback_url = None if task.token is None else self._callback_url(task.token)
+        if task.token is not None and self.coordinator.shared:
+            try:  # the fleet must know the token before its callback can come
+                await self.coordinator.register(task.token)
+            except BaseException:
+                self.lifecycle.refused(task)
+                raise
 
         def sending() -> None:
             self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
@@ -169,8 +189,21 @@ class Tracker:
         return task
 
     def resume(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
-        """Track a task accepted earlier (even by another process), polling it at once."""
-        return self.lifecycle.attach(task_id, request, token)
+        """Track a task accepted earlier (even by another process): a fleet's record, or a poll."""
+        if not self.coordinator.shared:
+            return self.lifecycle.attach(task_id, request, token)
+        task = self.lifecycle.attach(task_id, request, token, poll_now=False)
+        if not task.done:
+            self.spawn(self._from_fleet(task), name="seedream-resume")
+        return task
+
+    async def _from_fleet(self, task: Task) -> None:
+        """Resolve ``task`` from the record the fleet keeps, else poll it now."""
+        record = await self.coordinator.stored(task_id=task.task_id)
+        if record is not None:
+            self.lifecycle.poll_answer(task, record, None)
+        elif not task.done and self.poller is not None:
+            self.poller.watch(task, poll_now=True)
 
     async def reconcile(self, token: str | None, request: EditRequest) -> Task:
         """Wait (until the deadline) for the callback of a submission whose answer was lost."""
@@ -180,6 +213,10 @@ class Tracker:
         if token is None or self.receiver is None:
             raise unknown
         task = self.lifecycle.attach_unknown(token, request, unknown)
+        if self.coordinator.shared and not task.done:
+            record = await self.coordinator.stored(token=token)
+            if record is not None:
+                self.lifecycle.offer(token, record)
         await asyncio.shield(task.future)
         return task
 

@@ -27,7 +27,7 @@ from ._errors import (
     ServerError,
     SubmissionUnknown,
 )
-from ._limits import SlidingWindowLimiter
+from ._limits import Limiter, SlidingWindowLimiter
 from ._models import EditRequest, TaskRecord
 from ._wire import (
     MalformedPayload,
@@ -75,7 +75,13 @@ class Transport:
     )
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: URL, api_key: str, settings: Settings
+        self,
+        session: aiohttp.ClientSession,
+        base_url: URL,
+        api_key: str,
+        settings: Settings,
+        *,
+        limiters: tuple[Limiter, Limiter] | None = None,
     ) -> None:
         self._session = session
         self.settings = settings
@@ -90,8 +96,11 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout, connect=settings.connect_timeout
         )
-        self.create_limiter = SlidingWindowLimiter(settings.create_rate, settings.create_period)
-        self.query_limiter = SlidingWindowLimiter(settings.query_rate, settings.query_period)
+        #: createTask's and recordInfo's limits: this process's own, or a fleet's (shared).
+        self.create_limiter, self.query_limiter = limiters or (
+            SlidingWindowLimiter(settings.create_rate, settings.create_period),
+            SlidingWindowLimiter(settings.query_rate, settings.query_period),
+        )
         self._closed = False
 
     def close(self) -> None:
@@ -188,14 +197,14 @@ class Transport:
 
     async def _exchange(
         self,
-        limiter: SlidingWindowLimiter,
+        limiter: Limiter,
         method: str,
         url: URL,
         body: bytes | None,
         on_send: Callable[[], object] | None = None,
     ) -> _Answer:
         """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
-        await limiter.acquire()
+        grant = await limiter.acquire()
         sent = False
         try:
             # Checked again at the moment of sending: a close while queued sends nothing.
@@ -216,7 +225,7 @@ class Transport:
             sent = False  # the connection never opened: the service counted nothing
             raise
         finally:
-            limiter.release(sent=sent)
+            limiter.release(grant, sent=sent)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """Read an answer, refusing more than ``max_answer_bytes`` (a gzip bomb included)."""
@@ -233,7 +242,7 @@ class Transport:
                 raise AnswerTooLarge(f"answer over {cap} bytes")
         return bytes(body)
 
-    def _pause(self, limiter: SlidingWindowLimiter, e: RateLimited, attempt: int) -> None:
+    def _pause(self, limiter: Limiter, e: RateLimited, attempt: int) -> None:
         delay = e.retry_after
         if delay is None:
             delay = backoff_delay(self.settings, attempt)

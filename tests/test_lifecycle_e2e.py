@@ -15,6 +15,7 @@ from seedream_async import (
     ReceiverError,
     SeedreamClient,
     ServerError,
+    SubmissionUnknown,
 )
 from seedream_async.simulator import Simulator
 from tests.conftest import FAST, ClientFactory, request, sdk_tasks, until
@@ -183,3 +184,20 @@ async def test_no_sdk_task_outlives_close(sim: Simulator, make_client: ClientFac
     await asyncio.gather(*pending, return_exceptions=True)
     await asyncio.sleep(0)
     assert sdk_tasks() == []
+
+
+async def test_a_late_callback_after_a_lost_answer_expired_is_acknowledged(
+    sim: Simulator, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the state machine: the task ended unknown, so its token was forgotten and the
+    service's late callback, proof that the paid task exists, was answered 404."""
+    sim.config.lost_answer_rate = 1.0
+    sim.config.callback_delay = 0.8
+    client = make_client(callbacks=True, task_deadline=0.3, safety_poll_after=10.0)
+    with pytest.raises(SubmissionUnknown):
+        await client.edit(request(0))
+    (task_id,) = sim.tasks
+    await until(lambda: sim.stats.callbacks_sent + sim.stats.callbacks_failed > 0)
+    assert sim.stats.callbacks_sent == 1
+    assert sim.stats.callbacks_failed == 0
+    assert task_id in caplog.text  # the warning names the task that exists after all

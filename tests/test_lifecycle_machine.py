@@ -220,8 +220,17 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.callbacks)
     @rule(data=st.data())
     def forged_callback(self, data: st.DataObject) -> None:
-        """Someone who knows a token but names another task, or guesses a token."""
-        with_token = [t for t in self.tasks if t.token is not None]
+        """Someone who knows a token but names another task, or guesses a token.
+
+        A live token whose task id is not known yet is the service's credential (only it was
+        given the URL): a callback on it is the early callback, and forging one needs the
+        token to leak (HMAC or ``confirm_with_record_info`` cover that, tested elsewhere).
+        """
+        with_token = [
+            t
+            for t in self.tasks
+            if t.token is not None and (t.task_id is not None or t.phase is Phase.QUEUED)
+        ]
         forged_id = f"forged_{next(self.ids)}"
         if with_token and data.draw(st.booleans()):
             task = data.draw(st.sampled_from(with_token))
@@ -296,7 +305,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             "expire": lambda: self.lc.expire(task),
             "poll": lambda: self.lc.poll_answer(task, record, None),
             "refused": lambda: self.lc.refused(task),
-            "accepted": lambda: self.lc.accepted(task, task.task_id or "late_id"),
+            # A late createTask answer names the service's id, for a request that reached it.
+            "accepted": lambda: (
+                self.lc.accepted(task, self.service_id.get(id(task), "x"))
+                if id(task) in self.service_id
+                else None
+            ),
             "lost": lambda: self.lc.answer_lost(task, SubmissionUnknown("late", request=None)),
         }
         self.run(late[kind])

@@ -1,0 +1,89 @@
+"""
+The seam between one process and the others on the same account.
+
+A ``Coordinator`` decides what is shared: the rate limits, which callback tokens exist, the
+final records, and who polls a task. ``LocalCoordinator`` (the default) shares nothing: every
+client is on its own, exactly as without a fleet. ``RedisCoordinator`` (``_redis``, the
+``redis`` extra) makes every client of one Redis namespace act as one account.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ._config import Settings
+from ._lifecycle import Lifecycle, Offer, Task
+from ._limits import Limiter, SlidingWindowLimiter
+from ._models import TaskRecord
+
+
+class Coordinator(Protocol):
+    """What a client needs from the rest of its fleet."""
+
+    #: False for the in-process default: every call below is then a no-op.
+    shared: bool
+
+    def limiters(self, settings: Settings) -> tuple[Limiter, Limiter]:
+        """The createTask and recordInfo limiters of this client."""
+
+    async def start(self, lifecycle: Lifecycle) -> None:
+        """Begin serving ``lifecycle`` (one client's): results for its tasks wake it."""
+
+    async def aclose(self) -> None:
+        """Stop every background task; idempotent."""
+
+    async def register(self, token: str) -> None:
+        """Make a callback token known to the fleet, before its createTask goes out."""
+
+    async def deliver(self, token: str, record: TaskRecord) -> Offer:
+        """A valid callback for a token this process does not hold: route it to its owner."""
+
+    def share(self, task: Task, record: TaskRecord) -> None:
+        """A final record learned here (callback or poll): keep it for the fleet."""
+
+    async def stored(
+        self, *, task_id: str | None = None, token: str | None = None
+    ) -> TaskRecord | None:
+        """A final record the fleet already has for this task or token, if any."""
+
+    async def claim_poll(self, task_id: str, seconds: float) -> bool:
+        """True if this process should poll ``task_id`` now (one poll serves the fleet)."""
+
+
+class LocalCoordinator:
+    """No fleet: the in-process default."""
+
+    shared = False
+
+    def limiters(self, settings: Settings) -> tuple[Limiter, Limiter]:
+        """This process's own sliding windows."""
+        return (
+            SlidingWindowLimiter(settings.create_rate, settings.create_period),
+            SlidingWindowLimiter(settings.query_rate, settings.query_period),
+        )
+
+    async def start(self, lifecycle: Lifecycle) -> None:
+        """Nothing to start."""
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""
+
+    async def register(self, token: str) -> None:
+        """Tokens are known to this process only."""
+
+    async def deliver(self, token: str, record: TaskRecord) -> Offer:
+        """Nobody else holds tokens."""
+        return Offer.UNKNOWN_TOKEN
+
+    def share(self, task: Task, record: TaskRecord) -> None:
+        """Nobody to share with."""
+
+    async def stored(
+        self, *, task_id: str | None = None, token: str | None = None
+    ) -> TaskRecord | None:
+        """Nothing is stored beyond this process."""
+        return None
+
+    async def claim_poll(self, task_id: str, seconds: float) -> bool:
+        """This process polls its own tasks."""
+        return True

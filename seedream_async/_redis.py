@@ -1,0 +1,550 @@
+"""
+``RedisCoordinator``: every client of one Redis namespace acts as one account.
+
+What is shared, and how:
+
+- **Rate limits.** One Lua script grants createTask (and recordInfo) slots from a sliding
+  window kept on the Redis server, on the server's clock (``TIME``), so hosts with skewed
+  clocks agree. Like the local limiter, a grant holds its slot while the request is out and
+  is stamped when the answer is in (the service counts a request when it arrives). Each
+  process queues its own waiters first come first served and sends one of them at a time to
+  a shared queue ordered by arrival, so no process starves. A 429 seen anywhere pauses all.
+- **Callback routing.** Tokens are registered, as a SHA-256 digest (nothing in Redis lets
+  anyone build a callback URL), before createTask goes out. A replica that receives a
+  callback for a token it does not hold validates it as usual, then one script checks the
+  token exists, stores the record and publishes it; only then is the service answered 200.
+- **Waking the owner: pub/sub.** One subscription per process. Pub/sub is at most once, so the
+  stored record is the truth: after every (re)connect the listener re-reads the records of
+  all its waiting tasks. Streams would replay, but need a consumer and trimming per process;
+  keyspace notifications need server configuration we cannot assume. Polling stays the
+  last resort either way.
+- **Results survive processes.** Final records stay ``result_ttl`` (24 h, the result URLs'
+  lifetime), by task id and by token: ``resume``/``reconcile`` anywhere resolve from them at
+  once. A poll claim (``SET NX``) makes one poll serve every process awaiting a task.
+- **Faults.** Redis down: createTask waits up to ``unavailable_timeout`` and then raises
+  ``CoordinatorUnavailable`` (never sends unaccounted); polls fall back to this process's share
+  of the recordInfo rate (the rate divided by the processes last seen); accepted tasks keep
+  resolving through local callbacks and polls. Everything reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from yarl import URL
+
+from ._config import Settings
+from ._errors import ClientClosed, CoordinatorUnavailable, ExtraNotInstalled, InvalidRequest
+from ._lifecycle import Lifecycle, Offer, Task
+from ._limits import Limiter, SlidingWindowLimiter
+from ._models import TaskRecord
+from ._wire import MalformedPayload, load_json, parse_record, record_to_wire
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("seedream_async")
+T = TypeVar("T")
+
+_INSTALL = "pip install 'seedream-async[redis]'"
+
+# KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms.
+# Returns {1, grant id} or {0, milliseconds worth waiting}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, period = tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease, hold = tonumber(ARGV[4]), tonumber(ARGV[5])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('ZREM', KEYS[2], gone)
+  redis.call('ZREM', KEYS[3], gone)
+end
+redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
+redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], lease * 4)
+redis.call('PEXPIRE', KEYS[3], lease * 4)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local paused = redis.call('PTTL', KEYS[4])
+if paused > 0 then return {0, paused} end
+local used = redis.call('ZCARD', KEYS[1])
+local ahead = redis.call('ZRANK', KEYS[2], ARGV[1])
+if used + ahead < rate then
+  local id = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[1], now + hold, id)
+  redis.call('PEXPIRE', KEYS[1], period + hold)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {1, id}
+end
+if used < rate then return {0, 10} end
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+if oldest[2] then return {0, math.max(1, tonumber(oldest[2]) + period - now)} end
+return {0, 20}
+"""
+
+# KEYS: window. ARGV: grant id, 1 if the request was sent (stamp it now) else 0 (refund).
+_RELEASE = """
+if ARGV[2] == '1' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: pause. ARGV: milliseconds. The longest pause wins.
+_PAUSE = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"""
+
+# KEYS: members. ARGV: this process. Returns how many processes were seen in the last 15 s.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 15000)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: token key (or ''), token record, task record, channel. ARGV: record, ttl s, message,
+# 1 if the token must have been issued in the namespace. 404 unknown, 208 duplicate, 200 new.
+_STORE = """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 404 end
+local fresh = false
+if KEYS[2] ~= '' and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then fresh = true end
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[2]) then fresh = true end
+if not fresh then return 208 end
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 200
+"""
+
+
+def digest(token: str) -> str:
+    """What Redis knows of a token: its SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class RedisCoordinator:
+    """
+    Share one account's limits, callbacks and results among processes, through Redis.
+
+    Give every ``SeedreamClient`` of the account the same ``url`` and ``namespace``
+    (``namespace`` isolates accounts sharing one Redis). ``url`` is ``redis://``,
+    ``rediss://`` (TLS) or ``unix://``, with a password if needed; ``repr()`` never shows it.
+    Needs the ``redis`` extra: ``pip install 'seedream-async[redis]'``.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "seedream",
+        result_ttl: float = 24 * 3600.0,
+        unavailable_timeout: float = 30.0,
+        op_timeout: float = 2.0,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401, PLC0415 (the optional extra)
+        except ImportError:
+            raise ExtraNotInstalled(f"RedisCoordinator needs the redis extra: {_INSTALL}") from None
+        parsed = URL(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidRequest("url", "must be a redis://, rediss:// or unix:// URL")
+        if not namespace or any(c.isspace() or c in "{}" for c in namespace):
+            raise InvalidRequest("namespace", "must be a non-empty word without spaces or braces")
+        for name, value in (
+            ("result_ttl", result_ttl),
+            ("unavailable_timeout", unavailable_timeout),
+            ("op_timeout", op_timeout),
+        ):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise InvalidRequest(name, f"must be a finite number > 0, got {value!r}")
+        self._url = url
+        self._shown = str(parsed.with_password("***")) if parsed.password else str(parsed)
+        self.namespace = namespace
+        self.result_ttl = result_ttl
+        self.unavailable_timeout = unavailable_timeout
+        self.op_timeout = op_timeout
+        self.instance = secrets.token_hex(8)
+        #: Round trips to Redis made by this process (a benchmark reads it).
+        self.round_trips = 0
+        self._redis: Redis | None = None
+        self._lifecycle: Lifecycle | None = None
+        self._settings = Settings()
+        self._tokens: dict[str, str] = {}
+        self._members = 1
+        self._resolving = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._scripts: dict[str, Any] = {}
+        self.connected = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RedisCoordinator {self._shown} namespace={self.namespace!r}>"
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def limiters(self, settings: Settings) -> tuple[Limiter, Limiter]:
+        """createTask and recordInfo limits shared by the namespace."""
+        self._settings = settings
+        hold = settings.request_timeout + settings.connect_timeout
+        return (
+            SharedLimiter(self, "create", settings.create_rate, settings.create_period, hold),
+            SharedLimiter(
+                self, "query", settings.query_rate, settings.query_period, hold, fallback=True
+            ),
+        )
+
+    async def start(self, lifecycle: Lifecycle) -> None:
+        """Connect lazily and start listening; Redis may be down now (it is retried)."""
+        from redis.asyncio import Redis  # noqa: PLC0415 (the optional extra)
+
+        if self._lifecycle is not None and self._lifecycle is not lifecycle:
+            raise InvalidRequest("coordinator", "this coordinator already serves another client")
+        self._lifecycle = lifecycle
+        self._redis = Redis.from_url(
+            self._url,
+            socket_timeout=self.op_timeout,
+            socket_connect_timeout=self.op_timeout,
+            health_check_interval=5,
+        )
+        for name, source in (
+            ("acquire", _ACQUIRE),
+            ("release", _RELEASE),
+            ("pause", _PAUSE),
+            ("store", _STORE),
+        ):
+            self._scripts[name] = self._redis.register_script(source)
+        self.spawn(self._listen(), name="seedream-redis-listen")
+        self.spawn(self._heartbeat(), name="seedream-redis-heartbeat")
+
+    async def aclose(self) -> None:
+        """Stop listening and close the connections; idempotent."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> None:
+        """Run background work owned by this coordinator (cancelled by ``aclose``)."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("redis background work %s failed: %s", task.get_name(), error)
+
+    def key(self, *parts: str) -> str:
+        """A key of this namespace."""
+        return ":".join((self.namespace, *parts))
+
+    async def call(self, work: Callable[[Redis], Awaitable[T]]) -> T:
+        """One round trip; any failure of Redis is ``CoordinatorUnavailable``."""
+        from redis.exceptions import RedisError  # noqa: PLC0415 (the optional extra)
+
+        if self._redis is None:
+            raise ClientClosed("the coordinator is not started or already closed")
+        self.round_trips += 1
+        try:
+            return await work(self._redis)
+        except (RedisError, OSError) as e:
+            self.connected.clear()
+            raise CoordinatorUnavailable(f"redis at {self._shown}: {type(e).__name__}: {e}") from e
+
+    async def patiently(self, work: Callable[[Redis], Awaitable[T]]) -> T:
+        """``call``, retried with backoff for up to ``unavailable_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.unavailable_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await self.call(work)
+            except CoordinatorUnavailable:
+                if loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+    async def script(
+        self, name: str, keys: list[str], args: list[Any], *, patient: bool = False
+    ) -> Any:
+        """Run one of our Lua scripts (EVALSHA, loaded again after a Redis restart)."""
+        run = self.patiently if patient else self.call
+        return await run(lambda _: self._scripts[name](keys=keys, args=args))
+
+    # --- tokens and results -----------------------------------------------------------------
+
+    async def register(self, token: str) -> None:
+        """Make ``token`` known to the namespace until long after its task's deadline."""
+        h = digest(token)
+        self._tokens[h] = token
+        ttl = math.ceil(self._settings.task_deadline + 3600)
+        await self.patiently(lambda r: r.set(self.key("tok", h), 1, ex=ttl))
+
+    async def deliver(self, token: str, record: TaskRecord) -> Offer:
+        """Store a validated callback for a token this process does not hold, and publish it."""
+        answer = await self._store(digest(token), record, issued=True)
+        return {404: Offer.UNKNOWN_TOKEN, 208: Offer.DUPLICATE}.get(answer, Offer.ACCEPTED)
+
+    def share(self, task: Task, record: TaskRecord) -> None:
+        """Keep a final record learned here for the namespace (in the background)."""
+        if self._resolving or self._redis is None:
+            return  # it came from Redis: already there
+        h = digest(task.token) if task.token is not None else None
+        self.spawn(self._store(h, record, issued=False), name="seedream-redis-share")
+
+    async def _store(self, h: str | None, record: TaskRecord, *, issued: bool) -> int:
+        wire = json.dumps(record_to_wire(record), separators=(",", ":"))
+        message = json.dumps({"h": h or "", "id": record.task_id, "r": wire}, separators=(",", ":"))
+        keys = [
+            self.key("tok", h) if h else "",
+            self.key("tokrec", h) if h else "",
+            self.key("task", record.task_id),
+            self.key("results"),
+        ]
+        ttl = math.ceil(self.result_ttl)
+        return int(await self.script("store", keys, [wire, ttl, message, "1" if issued else "0"]))
+
+    async def stored(
+        self, *, task_id: str | None = None, token: str | None = None
+    ) -> TaskRecord | None:
+        """The final record the namespace holds for this task id or token, if any."""
+        key = (
+            self.key("task", task_id)
+            if task_id is not None
+            else self.key("tokrec", digest(token or ""))
+        )
+        try:
+            raw = await self.call(lambda r: r.get(key))
+        except CoordinatorUnavailable:
+            return None  # polling will tell
+        return _record(raw)
+
+    async def claim_poll(self, task_id: str, seconds: float) -> bool:
+        """True unless another process polls ``task_id`` within ``seconds``."""
+        ms = max(1, math.ceil(seconds * 1000))
+        try:
+            claimed = await self.call(
+                lambda r: r.set(self.key("poll", task_id), self.instance, nx=True, px=ms)
+            )
+        except CoordinatorUnavailable:
+            return True  # alone for now: poll, within this process's share of the rate
+        return bool(claimed)
+
+    @property
+    def members(self) -> int:
+        """Processes of the namespace seen in the last 15 s (this one included)."""
+        return self._members
+
+    # --- the listener ------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """One subscription for the process; reconnects, and re-reads what it may have missed."""
+        from redis.exceptions import RedisError  # noqa: PLC0415 (the optional extra)
+
+        delay = 0.05
+        while True:
+            assert self._redis is not None
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.key("results"))
+                self.connected.set()
+                delay = 0.05
+                await self._catch_up()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_message(message.get("data"))
+            except (RedisError, OSError, CoordinatorUnavailable) as e:
+                self.connected.clear()
+                log.info("redis subscription lost (%s); reconnecting in %.2f s", e, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+    def _on_message(self, data: object) -> None:
+        try:
+            message = load_json(data if isinstance(data, bytes | str) else b"")
+            record = _record(message["r"])
+            h, task_id = str(message["h"]), str(message["id"])
+        except (MalformedPayload, KeyError, TypeError):
+            log.warning("ignored a malformed message on %s", self.key("results"))
+            return
+        if record is not None:
+            self._resolve(h, task_id, record)
+
+    def _resolve(self, h: str, task_id: str, record: TaskRecord) -> None:
+        lifecycle = self._lifecycle
+        if lifecycle is None:
+            return
+        token = self._tokens.get(h) if h else None
+        self._resolving = True
+        try:
+            if token is not None and lifecycle.has_token(token):
+                lifecycle.offer(token, record)
+            elif (task := lifecycle.get_task(task_id)) is not None:
+                lifecycle.poll_answer(task, record, None)
+        finally:
+            self._resolving = False
+
+    async def _catch_up(self) -> None:
+        """Resolve waiting tasks whose record arrived while we were not listening."""
+        lifecycle = self._lifecycle
+        if lifecycle is None:
+            return
+        live = lifecycle.live()
+        by_token = [(digest(t.token), t) for t in live if t.token is not None]
+        by_id = [t for t in live if t.task_id is not None]
+        keys = [self.key("tokrec", h) for h, _ in by_token] + [
+            self.key("task", t.task_id or "") for t in by_id
+        ]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+
+            async def read(redis: Redis, chunk: list[str] = chunk) -> list[Any]:
+                return list(await redis.mget(chunk))
+
+            values = await self.call(read)
+            for key, raw in zip(chunk, values, strict=True):
+                record = _record(raw)
+                if record is not None:
+                    h = key.rsplit(":", 1)[1] if ":tokrec:" in key else ""
+                    self._resolve(h, record.task_id, record)
+
+    async def _heartbeat(self) -> None:
+        """Say this process is alive; learn how many are (the fallback share of the rate)."""
+        members = self.key("members")
+        while True:
+            with contextlib.suppress(CoordinatorUnavailable):
+                seen = await self.script("heartbeat", [members], [self.instance])
+                self._members = max(1, int(seen))
+            self._forget_finished_tokens()
+            await asyncio.sleep(5.0)
+
+    def _forget_finished_tokens(self) -> None:
+        lifecycle = self._lifecycle
+        if lifecycle is not None:
+            self._tokens = {h: t for h, t in self._tokens.items() if lifecycle.has_token(t)}
+
+
+def _record(raw: object) -> TaskRecord | None:
+    if raw is None:
+        return None
+    try:
+        record = parse_record(load_json(raw if isinstance(raw, bytes | str) else b""))
+    except MalformedPayload:
+        return None
+    return record if record.is_final else None
+
+
+class SharedLimiter:
+    """A sliding window shared by the namespace (see the module docstring)."""
+
+    def __init__(
+        self,
+        coordinator: RedisCoordinator,
+        name: str,
+        rate: int,
+        period: float,
+        hold: float,
+        *,
+        fallback: bool = False,
+    ) -> None:
+        self._c = coordinator
+        self.name = name
+        self.rate = rate
+        self.period = period
+        self._hold_ms = math.ceil(hold * 1000)
+        self._waiter = f"{coordinator.instance}:{name}"
+        self._turn = asyncio.Lock()  # FIFO: this process's waiters, one at a time
+        self._keys = [
+            coordinator.key(name, k) for k in ("window", "queue", "lease", "pause", "seq")
+        ]
+        self._fallback_allowed = fallback
+        self._fallback: SlidingWindowLimiter | None = None
+        self._closed = False
+
+    async def acquire(self) -> object:
+        """A shared grant (its id), or with Redis down, a grant of this process's share."""
+        if self._closed:
+            raise ClientClosed("the client was closed while this request waited for its turn")
+        async with self._turn:
+            while True:
+                if self._closed:
+                    raise ClientClosed(
+                        "the client was closed while this request waited for its turn"
+                    )
+                try:
+                    granted, value = await self._ask()
+                except CoordinatorUnavailable:
+                    if not self._fallback_allowed:
+                        raise
+                    return await self._local()
+                if granted:
+                    return int(value)
+                await asyncio.sleep(min(int(value), 1000) / 1000)
+
+    async def _ask(self) -> tuple[int, int]:
+        # createTask waits for Redis (bounded); polls fall back to the local share at once.
+        patient = not self._fallback_allowed
+        answer = await self._c.script("acquire", self._keys, self._args(), patient=patient)
+        return int(answer[0]), int(answer[1])
+
+    def _args(self) -> list[Any]:
+        lease = 2000
+        return [self._waiter, self.rate, math.ceil(self.period * 1000), lease, self._hold_ms]
+
+    async def _local(self) -> object:
+        share = max(1, self.rate // max(1, self._c.members))
+        if self._fallback is None or self._fallback.rate != share:
+            self._fallback = SlidingWindowLimiter(share, self.period)
+        await self._fallback.acquire()
+        return self._fallback
+
+    def release(self, grant: object = None, *, sent: bool = True) -> None:
+        """Stamp (or refund) a grant; Redis hears of it in the background."""
+        if isinstance(grant, SlidingWindowLimiter):
+            grant.release(sent=sent)
+        elif isinstance(grant, int):
+            self._c.spawn(self._release(grant, sent), name="seedream-redis-release")
+
+    async def _release(self, grant: int, sent: bool) -> None:
+        # If this fails, the grant still counts until its hold runs out: safe, never over.
+        await self._c.script("release", self._keys[:1], [grant, "1" if sent else "0"])
+
+    def pause_until(self, when: float) -> None:
+        """Pause every process of the namespace until loop time ``when``."""
+        ms = math.ceil(max(0.0, when - asyncio.get_running_loop().time()) * 1000)
+        if ms > 0:
+            self._c.spawn(
+                self._c.script("pause", self._keys[3:4], [ms]), name="seedream-redis-pause"
+            )
+
+    def close(self) -> None:
+        """Grant nothing more."""
+        self._closed = True
+        if self._fallback is not None:
+            self._fallback.close()
