@@ -122,6 +122,14 @@ class CallbackReceiver:
         return self._runner is not None
 
     @property
+    def local_url(self) -> URL | None:
+        """Where this receiver listens (its own socket), once started; None when mounted."""
+        if self._runner is None or not self._runner.addresses:
+            return None
+        host, port = self._runner.addresses[0][:2]
+        return URL.build(scheme="http", host=host, port=port)
+
+    @property
     def public_url(self) -> URL:
         """The base URL the service calls back."""
         if self._public_url is None:

@@ -223,12 +223,14 @@ class RedisCoordinator:
             socket_connect_timeout=self.op_timeout,
             health_check_interval=5,
         )
-        for name, source in (
-            ("acquire", _ACQUIRE),
-            ("release", _RELEASE),
-            ("pause", _PAUSE),
-            ("store", _STORE),
-        ):
+        scripts = {
+            "acquire": _ACQUIRE,
+            "release": _RELEASE,
+            "pause": _PAUSE,
+            "store": _STORE,
+            "heartbeat": _HEARTBEAT,
+        }
+        for name, source in scripts.items():
             self._scripts[name] = self._redis.register_script(source)
         self.spawn(self._listen(), name="seedream-redis-listen")
         self.spawn(self._heartbeat(), name="seedream-redis-heartbeat")

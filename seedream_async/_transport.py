@@ -142,9 +142,9 @@ class Transport:
                     read_envelope(status, raw, endpoint="createTask", retry_after=retry_after)
                 )
             except RateLimited as e:
+                self._pause(self.create_limiter, e, attempt)  # every caller, even on the last
                 if attempt + 1 == attempts:
                     raise
-                self._pause(self.create_limiter, e, attempt)
             except ServerError as e:
                 if not _may_have_run(e):
                     raise
@@ -185,9 +185,9 @@ class Transport:
                 if last:
                     raise _network_error(e, endpoint) from e
             except RateLimited as e:
+                self._pause(self.query_limiter, e, attempt)
                 if last:
                     raise
-                self._pause(self.query_limiter, e, attempt)
                 continue
             except ServerError:
                 if last:

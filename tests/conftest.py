@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -11,6 +13,7 @@ import pytest
 
 from seedream_async import CallbackReceiver, EditRequest, PollSchedule, SeedreamClient, Settings
 from seedream_async.simulator import Simulator, SimulatorConfig
+from tests.redis_server import RedisServer
 
 API_KEY = "test-key"
 
@@ -106,3 +109,29 @@ async def virtual_clock() -> AsyncIterator[Callable[[float], None]]:
 
     yield advance
     loop.time = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis for the session; tests keep apart by namespace."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to stop and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test{next(_namespaces)}"

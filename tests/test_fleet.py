@@ -1,0 +1,424 @@
+"""Issue 10: clients on one Redis namespace act as one account (a real Redis server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+
+from seedream_async import (
+    CallbackReceiver,
+    CoordinatorUnavailable,
+    ExtraNotInstalled,
+    RateLimited,
+    RedisCoordinator,
+    SeedreamClient,
+)
+from seedream_async.simulator import Simulator
+from tests.balancer import Balancer
+from tests.conftest import API_KEY, FAST, request, until
+from tests.redis_server import RedisServer
+
+KEY = b"fleet-hmac-key"
+#: Safety polls out of reach: every result must come by callback.
+NO_POLLS = {"safety_poll_after": 600.0, "safety_poll_every": 600.0}
+
+Fleet = Callable[..., SeedreamClient]
+
+
+@pytest.fixture
+async def balancer() -> AsyncIterator[Balancer]:
+    lb = Balancer()
+    await lb.start()
+    yield lb
+    await lb.aclose()
+
+
+@pytest.fixture
+async def fleet(
+    sim: Simulator, redis_server: RedisServer, namespace: str, balancer: Balancer
+) -> AsyncIterator[Fleet]:
+    """Replicas of one service: each a client with its own receiver, behind one balancer."""
+    made: list[SeedreamClient] = []
+
+    def replica(
+        *, redis_url: str | None = None, ns: str | None = None, hmac: bool = False, **settings: Any
+    ) -> SeedreamClient:
+        receiver = CallbackReceiver(public_url=balancer.url, hmac_key=KEY if hmac else None)
+        coordinator = RedisCoordinator(
+            redis_url or redis_server.url, namespace=ns or namespace, unavailable_timeout=1.0
+        )
+        client = SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            callbacks=receiver,
+            coordinator=coordinator,
+            settings=attrs.evolve(FAST, **settings),
+        )
+        made.append(client)
+        return client
+
+    yield replica
+    for client in made:
+        await client.aclose()
+
+
+async def up(balancer: Balancer, *clients: SeedreamClient) -> None:
+    """Open each replica and put its receiver behind the balancer."""
+    for client in clients:
+        await client.credits()
+        receiver = client._receiver
+        assert receiver is not None
+        assert receiver.local_url is not None
+        balancer.add(receiver.local_url)
+
+
+# --- the public face ------------------------------------------------------------------------
+
+
+def test_without_the_extra_a_clear_error_names_the_install() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import seedream_async\n"
+        "try:\n"
+        "    seedream_async.RedisCoordinator('redis://127.0.0.1:1')\n"
+        "except seedream_async.ExtraNotInstalled as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'seedream-async[redis]'" in out.stdout
+    assert issubclass(ExtraNotInstalled, ImportError)
+
+
+def test_repr_never_shows_the_password() -> None:
+    for url in ("redis://:s3cret@127.0.0.1:6379/0", "rediss://user:s3cret@cache.example:6380"):
+        shown = repr(RedisCoordinator(url, namespace="acct"))
+        assert "s3cret" not in shown
+        assert "acct" in shown
+    with pytest.raises(ValueError, match="url"):
+        RedisCoordinator("http://127.0.0.1:6379")
+
+
+# --- shared limits -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "islands"])
+async def test_three_clients_share_the_account_window(
+    sim: Simulator, redis_server: RedisServer, namespace: str, shared: bool
+) -> None:
+    """Each client believes it may send 10 per 0.5 s; the account allows 10 in all."""
+    sim.config.create_limit = (10, 0.5)
+    settings = attrs.evolve(FAST, create_rate=10, create_period=0.5, create_attempts=50)
+    clients = [
+        SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            settings=settings,
+            coordinator=RedisCoordinator(redis_server.url, namespace=namespace) if shared else None,
+        )
+        for _ in range(3)
+    ]
+    try:
+        started = time.monotonic()
+        await asyncio.gather(*(c.edit(request(n)) for n in range(15) for c in clients))
+        elapsed = time.monotonic() - started
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert sim.stats.tasks_created == 45
+    if shared:
+        assert sim.stats.rate_limited == 0
+        assert elapsed >= 4 * 0.5  # 45 at 10 per 0.5 s take at least four more windows
+    else:
+        assert sim.stats.rate_limited > 0  # islands draw 429s: what the fleet mode prevents
+
+
+async def test_a_429_seen_by_one_client_pauses_all(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    sim.config.create_limit = (1, 60.0)
+    sim.config.retry_after = 1.0
+    clients = [
+        SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            settings=attrs.evolve(FAST, create_attempts=1),
+            coordinator=RedisCoordinator(redis_server.url, namespace=namespace),
+        )
+        for _ in range(2)
+    ]
+    try:
+        await clients[0].edit(request(0))
+        with pytest.raises(RateLimited):
+            await clients[0].edit(request(1))  # the service says 429: pause everyone for 1 s
+        before = sim.stats.create_requests
+        started = time.monotonic()
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(clients[1].create_task(request(2)))
+        await asyncio.sleep(0.5)
+        assert sim.stats.create_requests == before  # the other client waits out the pause
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+# --- callback routing ----------------------------------------------------------------------------
+
+
+async def test_callbacks_reach_their_owner_through_any_replica(
+    sim: Simulator, fleet: Fleet, balancer: Balancer
+) -> None:
+    sim.config.latency = (0.02, 0.1)
+    sim.config.callback_duplicates = 1
+    replicas = [fleet(**NO_POLLS) for _ in range(3)]
+    await up(balancer, *replicas)
+    results = await asyncio.gather(
+        *(r.edit(request(10 * i + n)) for i, r in enumerate(replicas) for n in range(10))
+    )
+    assert len(results) == 30
+    assert sim.stats.polls == 0  # every one was woken by its callback
+    assert sim.stats.callbacks_failed == 0  # duplicates too, whichever replica got them
+    assert min(balancer.hits) > 0
+    for result in results:
+        assert result.urls == sim.record(result.task_id).result_urls
+
+
+async def test_hostile_callbacks_on_a_replica_that_does_not_own_the_task(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, redis_server: RedisServer
+) -> None:
+    sim.config.latency = (30.0, 30.0)
+    owner, other = fleet(hmac=True, **NO_POLLS), fleet(hmac=True, **NO_POLLS)
+    stranger = fleet(ns="another-account", hmac=True, **NO_POLLS)
+    await up(balancer, owner)
+    await other.credits()
+    await stranger.credits()
+    handle = await owner.submit(request(0))
+    assert handle.token is not None
+    body = json.dumps({"code": 200, "data": {"taskId": handle.task_id, "state": "success"}})
+    other_receiver, stranger_receiver = other._receiver, stranger._receiver
+    assert other_receiver is not None
+    assert stranger_receiver is not None
+    stamp = str(int(time.time()))
+    from seedream_async._signing import sign  # noqa: PLC0415
+
+    good = {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": sign(KEY, handle.task_id, stamp)}
+    forged = {**good, "X-Webhook-Signature": sign(b"wrong", handle.task_id, stamp)}
+    url = other_receiver.url_for(handle.token).with_host("127.0.0.1")
+    assert other_receiver.local_url is not None
+    url = other_receiver.local_url.with_path(url.path)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body, headers=forged) as resp:
+            assert resp.status == 401
+        async with session.post(url, data=b"x" * (1 << 20), headers=good) as resp:
+            assert resp.status == 413
+        guessed = url.with_path(url.path.rsplit("/", 1)[0] + "/" + "g" * 24)
+        async with session.post(guessed, data=body, headers=good) as resp:
+            assert resp.status == 404  # nobody in the namespace issued it
+        assert stranger_receiver.local_url is not None
+        elsewhere = stranger_receiver.local_url.with_path(url.path)
+        async with session.post(elsewhere, data=body, headers=good) as resp:
+            assert resp.status == 404  # another namespace is another account
+        assert not handle.done()
+        async with session.post(url, data=body, headers=good) as resp:
+            assert resp.status == 200  # valid, for a task another replica owns
+        async with asyncio.timeout(2):
+            result = await handle.result()
+        assert result.task_id == handle.task_id
+        async with session.post(url, data=body, headers=good) as resp:
+            assert resp.status == 200  # a replay: idempotent across replicas
+
+
+# --- results survive processes -------------------------------------------------------------------
+
+
+async def test_resume_and_reconcile_elsewhere_resolve_from_redis_without_a_poll(
+    sim: Simulator, fleet: Fleet, balancer: Balancer
+) -> None:
+    sim.config.latency = (0.02, 0.05)
+    first, second = fleet(**NO_POLLS), fleet(**NO_POLLS)
+    await up(balancer, first, second)
+    handle = await first.submit(request(0))
+    result = await handle.result()
+    await asyncio.sleep(0.1)  # the owner's share reaches Redis
+    polls = sim.stats.polls
+    resumed = await asyncio.wait_for(second.resume(handle.task_id).result(), 2)
+    assert resumed.urls == result.urls
+    assert handle.token is not None
+    reconciled = await asyncio.wait_for(second.reconcile(handle.token, request(0)), 2)
+    assert reconciled.task_id == handle.task_id
+    assert sim.stats.polls == polls
+
+
+async def test_one_poll_serves_every_process_awaiting_a_task(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    sim.config.latency = (1.0, 1.0)
+    settings = attrs.evolve(
+        FAST, poll_schedule=attrs.evolve(FAST.poll_schedule, steps=((float("inf"), 0.2),))
+    )
+    clients = [
+        SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            settings=settings,
+            coordinator=RedisCoordinator(redis_server.url, namespace=namespace),
+        )
+        for _ in range(3)
+    ]
+    try:
+        task_id = await clients[0].create_task(request(0))
+        handles = [c.resume(task_id) for c in clients]
+        results = await asyncio.gather(*(h.result() for h in handles))
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert {r.task_id for r in results} == {task_id}
+    # Three processes polling every 0.2 s for ~1 s would be ~15 polls; claims make it ~5.
+    assert sim.stats.polls <= 8
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+async def test_redis_down_then_back(
+    sim: Simulator, own_redis: RedisServer, fleet: Fleet, balancer: Balancer
+) -> None:
+    """Down: accepted tasks still end (local callbacks, polls); new submissions wait a bounded
+    time, then fail typed with nothing sent. Back: everything works again by itself."""
+    sim.config.latency = (0.5, 0.5)
+    client = fleet(redis_url=own_redis.url, safety_poll_after=0.3, safety_poll_every=0.3)
+    await up(balancer, client)
+    accepted = [await client.submit(request(n)) for n in range(3)]
+    own_redis.stop()
+    results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in accepted)), 10)
+    assert len(results) == 3
+    sent = sim.stats.create_requests
+    started = time.monotonic()
+    with pytest.raises(CoordinatorUnavailable):
+        await client.edit(request(9))
+    assert time.monotonic() - started < 5
+    assert sim.stats.create_requests == sent  # nothing went out unaccounted
+    own_redis.start()
+    coordinator = client._coordinator
+    assert isinstance(coordinator, RedisCoordinator)
+    await until(coordinator.connected.is_set, within=10)
+    assert (await client.edit(request(10))).urls
+
+
+async def test_a_redis_restart_loses_no_accepted_task(
+    sim: Simulator, own_redis: RedisServer, fleet: Fleet, balancer: Balancer
+) -> None:
+    sim.config.latency = (1.0, 1.5)
+    replicas = [fleet(redis_url=own_redis.url, safety_poll_after=2.0) for _ in range(2)]
+    await up(balancer, *replicas)
+    handles = [
+        await r.submit(request(10 * i + n)) for i, r in enumerate(replicas) for n in range(5)
+    ]
+    own_redis.stop()
+    await asyncio.sleep(0.2)
+    own_redis.start()  # an empty Redis: every stored key is gone
+    results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 15)
+    assert len(results) == 10
+
+
+# --- real processes ------------------------------------------------------------------------------
+
+
+class Worker:
+    """A replica as a real process (tests/fleet_worker.py)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.accepted: list[str] = []
+
+    @classmethod
+    async def start(cls, sim: Simulator, redis: RedisServer, namespace: str, lb: Balancer,
+                    *args: str) -> Worker:  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.fleet_worker", str(sim.url), redis.url, namespace,
+            str(lb.url), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        worker = cls(proc)
+        line = await worker.line()
+        from yarl import URL  # noqa: PLC0415
+
+        lb.add(URL(line["listen"]))
+        return worker
+
+    async def line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        assert raw, "the worker died"
+        return dict(json.loads(raw))
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+
+    async def finish(self) -> list[str]:
+        while "done" not in (line := await self.line()):
+            self.accepted.append(line["accepted"])
+        await self.proc.wait()
+        return list(line["done"])
+
+
+async def test_three_processes_behind_a_balancer_act_as_one_account(
+    sim: Simulator, redis_server: RedisServer, namespace: str, balancer: Balancer
+) -> None:
+    """The simulator enforces the account's window across all its clients; each process
+    believes it alone may use all of it. Zero 429s, every edit woken by its callback."""
+    sim.config.create_limit = (10, 0.5)
+    sim.config.latency = (0.05, 0.3)
+    workers = [
+        await Worker.start(
+            sim, redis_server, namespace, balancer, "--name", f"w{i}", "--edits", "15"
+        )
+        for i in range(3)
+    ]
+    for worker in workers:
+        worker.go()
+    done = [await w.finish() for w in workers]
+    assert [len(d) for d in done] == [15, 15, 15]
+    assert all(w.proc.returncode == 0 for w in workers)
+    assert sim.stats.tasks_created == 45
+    assert sim.stats.rate_limited == 0
+    assert sim.stats.polls == 0
+    assert min(balancer.hits) > 0  # callbacks really crossed replicas
+
+
+async def test_a_killed_process_loses_nothing_another_resumes_its_tasks(
+    sim: Simulator, redis_server: RedisServer, namespace: str, balancer: Balancer
+) -> None:
+    sim.config.latency = (1.5, 2.0)
+    doomed = await Worker.start(sim, redis_server, namespace, balancer, "--edits", "8")
+    survivor_args = ["--name", "survivor", "--edits", "0", "--linger", "6"]
+    survivor = await Worker.start(sim, redis_server, namespace, balancer, *survivor_args)
+    doomed.go()
+    survivor.go()
+    while len(doomed.accepted) < 8:
+        doomed.accepted.append((await doomed.line())["accepted"])
+    doomed.proc.kill()  # SIGKILL: no goodbye
+    await doomed.proc.wait()
+    # The doomed process's callbacks now reach the survivor, which stores them in Redis.
+    await until(lambda: sim.stats.callbacks_sent == 8, within=10)
+    heir = await Worker.start(sim, redis_server, namespace, balancer, "--resume", *doomed.accepted)
+    polls = sim.stats.polls
+    heir.go()
+    done = await heir.finish()
+    assert sorted(done) == sorted(doomed.accepted)
+    assert sim.stats.polls == polls  # all from the records Redis kept, not one poll
+    assert sim.stats.callbacks_failed == 0
+    assert sim.stats.tasks_created == 8  # nothing was submitted again
+    assert await survivor.finish() == []
