@@ -15,6 +15,7 @@ from ._errors import InvalidRequest
 DEFAULT_BASE_URL = URL("https://api.apikley.ru")
 API_KEY_ENV = "APIKLEY_API_KEY"
 BASE_URL_ENV = "APIKLEY_BASE_URL"
+REDIS_URL_ENV = "SEEDREAM_REDIS_URL"
 USER_AGENT = "seedream-async/0.1 (+https://pypi.org/project/seedream-async/)"
 _Steps = tuple[tuple[float, float], ...]
 
@@ -132,6 +133,12 @@ def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = Non
         # It goes into a header: a newline would fail at the first request, or split it.
         raise InvalidRequest("api_key", "contains control or non-ASCII characters")
     return key
+
+
+def resolve_redis_url(url: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the Redis URL given, else ``$SEEDREAM_REDIS_URL``, else None (no fleet)."""
+    value = url if url is not None else (environ or os.environ).get(REDIS_URL_ENV)
+    return value.strip() if value and value.strip() else None
 
 
 def resolve_base_url(base_url: str | URL | None, environ: Mapping[str, str] | None = None) -> URL:

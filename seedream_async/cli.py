@@ -27,9 +27,11 @@ import attrs
 
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
-from ._config import API_KEY_ENV, Settings, resolve_api_key
+from ._config import API_KEY_ENV, REDIS_URL_ENV, Settings, resolve_api_key, resolve_redis_url
 from ._errors import (
     ApiError,
+    CoordinatorUnavailable,
+    ExtraNotInstalled,
     InvalidRequest,
     JournalError,
     ReceiverError,
@@ -40,6 +42,7 @@ from ._errors import (
 from ._journal import Journal
 from ._models import AspectRatio, EditRequest, EditResult, Quality
 from ._receiver import CallbackReceiver
+from ._redis import RedisCoordinator
 from ._wire import record_to_wire
 from .simulator import Simulator, SimulatorConfig, serve
 
@@ -266,7 +269,17 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
             if args.create_rate == DEFAULT_CREATE_RATE:
                 # The simulator enforces the account's 20 per 10 s, five times faster.
                 settings = attrs.evolve(settings, create_rate=20, create_period=2.0)
-        client = SeedreamClient(api_key, base_url=base_url, callbacks=receiver, settings=settings)
+        redis_url = resolve_redis_url(args.redis)
+        coordinator = (
+            RedisCoordinator(redis_url, namespace=args.namespace) if redis_url is not None else None
+        )
+        client = SeedreamClient(
+            api_key,
+            base_url=base_url,
+            callbacks=receiver,
+            settings=settings,
+            coordinator=coordinator,
+        )
         await stack.enter_async_context(client)
         yield client
 
@@ -530,6 +543,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N/SECONDS",
         help="createTask limit of your account (default 20/10)",
     )
+    group.add_argument(
+        "--redis",
+        metavar="URL",
+        help=f"share the account with other processes through this Redis (${REDIS_URL_ENV})",
+    )
+    group.add_argument(
+        "--namespace",
+        default="seedream",
+        help="the account's namespace in Redis (default seedream)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does")
 
     parser = argparse.ArgumentParser(
@@ -610,8 +633,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
-    except (UsageError, InvalidRequest, JournalError, ReceiverError) as e:
+    except (UsageError, InvalidRequest, JournalError, ReceiverError, ExtraNotInstalled) as e:
         return _fail(str(e), EXIT_USAGE)
+    except CoordinatorUnavailable as e:
+        return _fail(f"{e} (is Redis up?)", EXIT_SERVICE)
     except ApiError as e:
         return _fail(_service_message(e, args), EXIT_SERVICE)
     except SeedreamError as e:

@@ -422,3 +422,19 @@ async def test_a_killed_process_loses_nothing_another_resumes_its_tasks(
     assert sim.stats.callbacks_failed == 0
     assert sim.stats.tasks_created == 8  # nothing was submitted again
     assert await survivor.finish() == []
+
+
+def test_the_cli_runs_a_batch_in_the_fleet(
+    redis_server: RedisServer, namespace: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--redis`` (or $SEEDREAM_REDIS_URL) puts a CLI batch on the namespace's shared limits."""
+    import redis  # noqa: PLC0415
+
+    from tests.test_cli import run, small_manifest  # noqa: PLC0415
+
+    manifest = small_manifest(tmp_path / "m.jsonl", 4)
+    monkeypatch.setenv("SEEDREAM_REDIS_URL", redis_server.url)
+    assert run("batch", str(manifest), "--simulate", "--namespace", namespace, "-q",
+               "--out", str(tmp_path / "r.jsonl")) == 0  # fmt: skip
+    keys = redis.Redis.from_url(redis_server.url).keys(f"{namespace}:*")
+    assert any(k.startswith(f"{namespace}:create:".encode()) for k in keys)
