@@ -152,6 +152,17 @@ async def journal_writes(n: int) -> dict[str, Any]:
     return {k: run[k] for k in ("n", "sending_us", "accepted_us")}
 
 
+async def fleet(plan: Plan) -> dict[str, Any]:
+    from benchmarks import fleet as f  # noqa: PLC0415 (needs the redis extra)
+
+    os.environ["BENCH_FLEET_CPU"] = str(CLIENT_CPU) if PINNED else ""
+    return {
+        "rate": await f.with_redis(lambda r: f.fleet_rate(r, 4, plan.fleet_rate_tasks, 20, 0.5)),
+        "latency": await f.with_redis(lambda r: f.fleet_latency(r, plan.fleet_tasks)),
+        "trips": await f.with_redis(lambda r: f.fleet_round_trips(r, plan.fleet_tasks, plan.reps)),
+    }
+
+
 async def polling(n: int, rate: int) -> dict[str, Any]:
     config = SimulatorConfig(latency=(0.2, 2.0), query_limit=(rate, 1.0))
     run = await measured("polling", config, n=n, rate=rate)
@@ -205,6 +216,44 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
             r["polling"]["peak_poll_rate"] <= r["polling"]["configured_rate"]
             and r["polling"]["rate_limited"] == 0,
         ),
+        (
+            "fleet: 4 processes, rate-limit efficiency >= 0.97 with zero 429s",
+            f"{r['fleet']['rate']['efficiency']:.3f}, {r['fleet']['rate']['rate_limited']} x 429",
+            r["fleet"]["rate"]["efficiency"] >= 0.97 and r["fleet"]["rate"]["rate_limited"] == 0,
+        ),
+        (
+            "fleet: cross-process callback-to-wake p99 <= 5 ms",
+            f"p99 {r['fleet']['latency']['p99_ms']:.2f} ms",
+            r["fleet"]["latency"]["p99_ms"] <= 5.0,
+        ),
+        (
+            "fleet: client CPU per task with the coordinator <= 1.3x without",
+            f"{r['fleet']['trips']['cpu_ratio']:.2f}x",
+            r["fleet"]["trips"]["cpu_ratio"] <= 1.3,
+        ),
+    ]
+
+
+def fleet_markdown(f: dict[str, Any]) -> list[str]:
+    rate, lat, trips = f["rate"], f["latency"], f["trips"]
+    per = ", ".join(f"{v:.2f} with the {k}" for k, v in trips["round_trips_per_task"].items())
+    cpu = trips["cpu_us_per_task"]
+    return [
+        "## 7. Fleet: processes sharing one account through Redis",
+        "",
+        f"- **Shared window:** {rate['processes']} processes, each believing it may send"
+        f" {rate['limit']}, {rate['n']} createTask in all against a simulator enforcing that"
+        f" window for the account: {rate['wall']:.2f} s against an ideal"
+        f" {rate['ideal_wall']:.2f} s, efficiency {rate['efficiency']:.3f},"
+        f" {rate['rate_limited']} responses 429.",
+        f"- **Cross-process callback-to-wake:** {lat['n']} callbacks received by another"
+        f" process than the one awaiting: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f}"
+        f" ms, max {lat['max_ms']:.2f} ms (handler entry in one process to the coroutine"
+        " waking in the other, wall clock of one machine).",
+        f"- **Redis round trips per task:** {per}.",
+        f"- **Client CPU per task** (callbacks at the owner, {trips['n']} tasks, medians):"
+        f" {cpu['alone']:.0f} us alone, {cpu['redis']:.0f} us with the coordinator,"
+        f" **{trips['cpu_ratio']:.2f}x**.",
     ]
 
 
@@ -309,13 +358,24 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         f" update with `synchronous=NORMAL` {r['journal_writes']['accepted_us']:.0f} us."
         " `edit_many_journal` in table 1 is the whole batch with a journal.",
         "",
+        *fleet_markdown(r["fleet"]),
+        "",
         notes.strip(),
         "",
     ]
     return "\n".join(lines)
 
 
-ONLY = ("overhead", "memory", "batch_peak", "rate_limit", "latency", "polling", "journal_writes")
+ONLY = (
+    "overhead",
+    "memory",
+    "batch_peak",
+    "rate_limit",
+    "latency",
+    "polling",
+    "journal_writes",
+    "fleet",
+)
 
 
 async def _one(name: str, plan: Plan) -> dict[str, Any]:
@@ -333,6 +393,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
         "latency": lambda: wake_latency(plan.latency_tasks),
         "polling": lambda: polling(plan.polled_tasks, 20),
         "journal_writes": lambda: journal_writes(plan.journal_writes),
+        "fleet": lambda: fleet(plan),
     }
 
 
@@ -363,11 +424,24 @@ class Plan:
     latency_tasks: int
     polled_tasks: int
     journal_writes: int
+    fleet_rate_tasks: int
+    fleet_tasks: int
 
 
-QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50, 200)
+QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50, 200, 80, 200)
 FULL = Plan(
-    3, {"10": 3000, "100": 3000, "1000": 5000}, 10_000, 10_000, 100_000, 200, 0.5, 1000, 200, 2000
+    3,
+    {"10": 3000, "100": 3000, "1000": 5000},
+    10_000,
+    10_000,
+    100_000,
+    200,
+    0.5,
+    1000,
+    200,
+    2000,
+    400,
+    2000,
 )
 
 
