@@ -31,7 +31,8 @@ from seedream_async.simulator import Simulator, SimulatorConfig
 from tests.redis_server import RedisServer
 
 UNLIMITED = Settings(create_rate=10_000_000, create_period=1.0, query_rate=10_000)
-NO_POLLS = {"safety_poll_after": 600.0, "safety_poll_every": 600.0}
+#: Safety polls out of reach: results come by callback (through Redis when routed).
+CALLBACKS_ONLY = attrs.evolve(UNLIMITED, safety_poll_after=600.0, safety_poll_every=600.0)
 
 
 def say(**line: object) -> None:
@@ -76,7 +77,7 @@ class StampingReceiver(CallbackReceiver):
 async def relay(args: argparse.Namespace) -> None:
     receiver = StampingReceiver()
     coordinator = RedisCoordinator(args.redis, namespace=args.namespace)
-    settings = attrs.evolve(UNLIMITED, **NO_POLLS)
+    settings = CALLBACKS_ONLY
     async with SeedreamClient(
         "bench", base_url=URL(args.url), callbacks=receiver, coordinator=coordinator,
         settings=settings,
@@ -90,7 +91,7 @@ async def relay(args: argparse.Namespace) -> None:
 async def owner(args: argparse.Namespace) -> None:
     receiver = CallbackReceiver(public_url=args.public_url or None)
     coordinator = None if args.alone else RedisCoordinator(args.redis, namespace=args.namespace)
-    settings = attrs.evolve(UNLIMITED, max_in_flight=args.n, **NO_POLLS)
+    settings = attrs.evolve(CALLBACKS_ONLY, max_in_flight=args.n)
     woke: dict[str, float] = {}
     async with SeedreamClient(
         "bench", base_url=URL(args.url), callbacks=receiver, coordinator=coordinator,
@@ -203,10 +204,10 @@ async def fleet_round_trips(redis: RedisServer, n: int, reps: int) -> dict[str, 
         routed = await _owner(*common, "--n", str(n), "--public-url", relay_url)
         trips["callback at another replica"] = routed["round_trips"] / n
         for _ in range(reps):
-            for variant in cpu:
+            for variant, runs in cpu.items():
                 flag = ["--alone"] if variant == "alone" else []
                 run = await _owner(*common, "--n", str(n), *flag)
-                cpu[variant].append(1e6 * run["cpu"] / n)
+                runs.append(1e6 * run["cpu"] / n)
                 if variant == "redis":
                     trips["callback at the owner"] = run["round_trips"] / n
         go(relay_proc)
