@@ -116,9 +116,10 @@ async def owner(args: argparse.Namespace) -> None:
 # --- driver side ------------------------------------------------------------------------------
 
 
-async def spawn(mode: str, *argv: str) -> asyncio.subprocess.Process:
+async def spawn(mode: str, *argv: str, pinned: bool = True) -> asyncio.subprocess.Process:
     env = {**os.environ}
-    if cpu := os.environ.get("BENCH_FLEET_CPU"):
+    env.pop("BENCH_CLIENT_CPU", None)
+    if pinned and (cpu := os.environ.get("BENCH_FLEET_CPU")):
         env["BENCH_CLIENT_CPU"] = cpu
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.fleet", mode, *argv,
@@ -172,12 +173,16 @@ async def fleet_rate(
 
 
 async def fleet_latency(redis: RedisServer, n: int) -> dict[str, Any]:
-    """Callbacks reach another process; the owner wakes through Redis."""
-    async with Simulator(SimulatorConfig(latency=(0.5, 1.0))) as sim:
+    """Callbacks reach another process; the owner wakes through Redis (the load of section 4:
+    ``n`` tasks in flight, ending over a second)."""
+    async with Simulator(SimulatorConfig(latency=(1.0, 2.0))) as sim:
         common = ["--url", str(sim.url), "--redis", redis.url, "--namespace", "bench-wake"]
-        relay_proc = await spawn("relay", *common)
+        # Not pinned: two replicas forced onto one core would measure the core, not the SDK
+        # (replicas run on hosts of their own); they share the machine's two cores.
+        relay_proc = await spawn("relay", *common, pinned=False)
         relay_url = (await line(relay_proc))["listen"]
-        owner_proc = await spawn("owner", *common, "--n", str(n), "--public-url", relay_url)
+        owner_args = ["--n", str(n), "--public-url", relay_url]
+        owner_proc = await spawn("owner", *common, *owner_args, pinned=False)
         woke = (await line(owner_proc))["woke"]
         await owner_proc.wait()
         go(relay_proc)

@@ -158,7 +158,7 @@ async def fleet(plan: Plan) -> dict[str, Any]:
     os.environ["BENCH_FLEET_CPU"] = str(CLIENT_CPU) if PINNED else ""
     return {
         "rate": await f.with_redis(lambda r: f.fleet_rate(r, 4, plan.fleet_rate_tasks, 20, 0.5)),
-        "latency": await f.with_redis(lambda r: f.fleet_latency(r, plan.fleet_tasks)),
+        "latency": await f.with_redis(lambda r: f.fleet_latency(r, plan.latency_tasks)),
         "trips": await f.with_redis(lambda r: f.fleet_round_trips(r, plan.fleet_tasks, plan.reps)),
     }
 

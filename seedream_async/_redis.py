@@ -36,8 +36,9 @@ import json
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from yarl import URL
 
@@ -53,16 +54,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seedream_async")
 T = TypeVar("T")
+R = TypeVar("R")
 
 _INSTALL = "pip install 'seedream-async[redis]'"
 
-# KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms.
-# Returns {1, grant id} or {0, milliseconds worth waiting}.
+# KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms,
+# grants wanted. Returns {1, id, id, ...} (at least one grant) or {0, milliseconds to wait}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rate, period = tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease, hold = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease, hold, wanted = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
   redis.call('ZREM', KEYS[2], gone)
   redis.call('ZREM', KEYS[3], gone)
@@ -76,28 +78,60 @@ local paused = redis.call('PTTL', KEYS[4])
 if paused > 0 then return {0, paused} end
 local used = redis.call('ZCARD', KEYS[1])
 local ahead = redis.call('ZRANK', KEYS[2], ARGV[1])
-if used + ahead < rate then
-  local id = redis.call('INCR', KEYS[5])
-  redis.call('ZADD', KEYS[1], now + hold, id)
+local free = rate - used - ahead
+if free > 0 then
+  local n = math.min(free, wanted)
+  local last = redis.call('INCRBY', KEYS[5], n)
+  local granted = {1}
+  for id = last - n + 1, last do
+    redis.call('ZADD', KEYS[1], now + hold, id)
+    granted[#granted + 1] = id
+  end
   redis.call('PEXPIRE', KEYS[1], period + hold)
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
-  return {1, id}
+  return granted
 end
-if used < rate then return {0, 10} end
+-- Free slots, but other processes are ahead: they take theirs within a round trip.
+if used < rate then return {0, 2} end
 local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
 if oldest[2] then return {0, math.max(1, tonumber(oldest[2]) + period - now)} end
-return {0, 20}
+-- Every grant is still out: their answers are due any moment.
+return {0, 5}
 """
 
-# KEYS: window. ARGV: grant id, 1 if the request was sent (stamp it now) else 0 (refund).
+# KEYS: window. ARGV: pairs of (grant id, 1 if sent: stamp it now, else 0: refund it).
 _RELEASE = """
-if ARGV[2] == '1' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] == '1' then
+    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+  else
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
+# ARGV: ttl seconds, then the token keys to register.
+_REGISTER = """
+for i = 2, #ARGV do
+  redis.call('SET', ARGV[i], '1', 'EX', ARGV[1])
+end
+return 1
+"""
+
+# KEYS: channel. ARGV: ttl seconds, then (token record key or '', task record key, record,
+# message) per record: keep each final record learned here, publish the new ones.
+_SHARE = """
+for i = 2, #ARGV, 4 do
+  local fresh = false
+  if ARGV[i] ~= '' and redis.call('SET', ARGV[i], ARGV[i + 2], 'NX', 'EX', ARGV[1]) then
+    fresh = true
+  end
+  if redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'NX', 'EX', ARGV[1]) then fresh = true end
+  if fresh then redis.call('PUBLISH', KEYS[1], ARGV[i + 3]) end
 end
 return 1
 """
@@ -120,16 +154,25 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS: token key (or ''), token record, task record, channel. ARGV: record, ttl s, message,
-# 1 if the token must have been issued in the namespace. 404 unknown, 208 duplicate, 200 new.
+# KEYS: channel. ARGV: ttl s, then per callback (token key, token record, task record,
+# record, message). A token must have been issued in the namespace. Per callback: 404
+# unknown, 208 duplicate, 200 stored and published.
 _STORE = """
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 404 end
-local fresh = false
-if KEYS[2] ~= '' and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then fresh = true end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[2]) then fresh = true end
-if not fresh then return 208 end
-redis.call('PUBLISH', KEYS[4], ARGV[3])
-return 200
+local answers = {}
+for i = 2, #ARGV, 5 do
+  local answer = 404
+  if redis.call('EXISTS', ARGV[i]) == 1 then
+    answer = 208
+    local fresh = redis.call('SET', ARGV[i + 1], ARGV[i + 3], 'NX', 'EX', ARGV[1])
+    if redis.call('SET', ARGV[i + 2], ARGV[i + 3], 'NX', 'EX', ARGV[1]) then fresh = true end
+    if fresh then
+      redis.call('PUBLISH', KEYS[1], ARGV[i + 4])
+      answer = 200
+    end
+  end
+  answers[#answers + 1] = answer
+end
+return answers
 """
 
 
@@ -192,6 +235,11 @@ class RedisCoordinator:
         self._resolving = False
         self._background: set[asyncio.Task[Any]] = set()
         self._scripts: dict[str, Any] = {}
+        self._registrations: Batch[str, None] = Batch(self._register_batch, self.spawn)
+        self._shares: Batch[tuple[str, str, str, str], None] = Batch(self._share_batch, self.spawn)
+        self._deliveries: Batch[tuple[str, str, str, str, str], int] = Batch(
+            self._deliver_batch, self.spawn
+        )
         self.connected = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -226,6 +274,8 @@ class RedisCoordinator:
         scripts = {
             "acquire": _ACQUIRE,
             "release": _RELEASE,
+            "register": _REGISTER,
+            "share": _SHARE,
             "pause": _PAUSE,
             "store": _STORE,
             "heartbeat": _HEARTBEAT,
@@ -298,35 +348,54 @@ class RedisCoordinator:
     # --- tokens and results -----------------------------------------------------------------
 
     async def register(self, token: str) -> None:
-        """Make ``token`` known to the namespace until long after its task's deadline."""
+        """Make ``token`` known to the namespace until long after its task's deadline.
+
+        Tokens registered in the same loop tick go in one round trip.
+        """
         h = digest(token)
         self._tokens[h] = token
+        await self._registrations.add(self.key("tok", h))
+
+    async def _register_batch(self, keys: list[str]) -> None:
         ttl = math.ceil(self._settings.task_deadline + 3600)
-        await self.patiently(lambda r: r.set(self.key("tok", h), 1, ex=ttl))
+        await self.script("register", [], [ttl, *keys], patient=True)
 
     async def deliver(self, token: str, record: TaskRecord) -> Offer:
-        """Store a validated callback for a token this process does not hold, and publish it."""
-        answer = await self._store(digest(token), record, issued=True)
-        return {404: Offer.UNKNOWN_TOKEN, 208: Offer.DUPLICATE}.get(answer, Offer.ACCEPTED)
+        """Store a validated callback for a token this process does not hold, and publish it.
+
+        Callbacks arriving in the same loop tick go in one round trip.
+        """
+        h = digest(token)
+        wire = json.dumps(record_to_wire(record), separators=(",", ":"))
+        message = json.dumps({"h": h, "id": record.task_id, "r": wire}, separators=(",", ":"))
+        keys = (self.key("tok", h), self.key("tokrec", h), self.key("task", record.task_id))
+        answer = await self._deliveries.add((*keys, wire, message))
+        if answer == 404:
+            return Offer.UNKNOWN_TOKEN
+        return Offer.DUPLICATE if answer == 208 else Offer.ACCEPTED
+
+    async def _deliver_batch(self, callbacks: list[tuple[str, str, str, str, str]]) -> list[int]:
+        args: list[Any] = [math.ceil(self.result_ttl)]
+        for callback in callbacks:
+            args.extend(callback)
+        answers = await self.script("store", [self.key("results")], args)
+        return [int(a) for a in answers]
 
     def share(self, task: Task, record: TaskRecord) -> None:
-        """Keep a final record learned here for the namespace (in the background)."""
+        """Keep a final record learned here for the namespace (batched, in the background)."""
         if self._resolving or self._redis is None:
             return  # it came from Redis: already there
         h = digest(task.token) if task.token is not None else None
-        self.spawn(self._store(h, record, issued=False), name="seedream-redis-share")
-
-    async def _store(self, h: str | None, record: TaskRecord, *, issued: bool) -> int:
         wire = json.dumps(record_to_wire(record), separators=(",", ":"))
         message = json.dumps({"h": h or "", "id": record.task_id, "r": wire}, separators=(",", ":"))
-        keys = [
-            self.key("tok", h) if h else "",
-            self.key("tokrec", h) if h else "",
-            self.key("task", record.task_id),
-            self.key("results"),
-        ]
-        ttl = math.ceil(self.result_ttl)
-        return int(await self.script("store", keys, [wire, ttl, message, "1" if issued else "0"]))
+        token_key = self.key("tokrec", h) if h else ""
+        self._shares.add_nowait((token_key, self.key("task", record.task_id), wire, message))
+
+    async def _share_batch(self, records: list[tuple[str, str, str, str]]) -> None:
+        args: list[Any] = [math.ceil(self.result_ttl)]
+        for record in records:
+            args.extend(record)
+        await self.script("share", [self.key("results")], args)
 
     async def stored(
         self, *, task_id: str | None = None, token: str | None = None
@@ -378,6 +447,9 @@ class RedisCoordinator:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message.get("data"))
+                        # A burst of buffered messages never suspends the read above: let the
+                        # task just woken run now, not after the whole burst.
+                        await asyncio.sleep(0)
             except (RedisError, OSError, CoordinatorUnavailable) as e:
                 self.connected.clear()
                 log.info("redis subscription lost (%s); reconnecting in %.2f s", e, delay)
@@ -462,8 +534,75 @@ def _record(raw: object) -> TaskRecord | None:
     return record if record.is_final else None
 
 
+class Batch(Generic[T, R]):
+    """Items added during one loop tick, sent together in one round trip.
+
+    ``send`` gets the items and returns one result per item (or None when there are none);
+    ``add`` returns a future of the item's result.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[T]], Awaitable[list[R] | None]],
+        spawn: Callable[..., None],
+    ) -> None:
+        self._send = send
+        self._spawn = spawn
+        self._items: list[T] = []
+        self._waiters: list[asyncio.Future[R | None] | None] = []
+        self._scheduled = False
+
+    def add(self, item: T) -> asyncio.Future[R | None]:
+        """Queue ``item``; the future has its result once its batch was sent (or failed)."""
+        waiter: asyncio.Future[R | None] = asyncio.get_running_loop().create_future()
+        self._queue(item, waiter)
+        return waiter
+
+    def add_nowait(self, item: T) -> None:
+        """Queue ``item``, nobody waiting for it."""
+        self._queue(item, None)
+
+    def _queue(self, item: T, waiter: asyncio.Future[R | None] | None) -> None:
+        self._items.append(item)
+        self._waiters.append(waiter)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters, self._scheduled = [], [], False
+        self._spawn(self._deliver(items, waiters), name="seedream-redis-batch")
+
+    async def _deliver(
+        self, items: list[T], waiters: list[asyncio.Future[R | None] | None]
+    ) -> None:
+        try:
+            results = await self._send(items)
+        except BaseException as e:
+            for waiter in waiters:
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(e)
+                    waiter.exception()  # a cancelled caller never looks
+            if not isinstance(e, Exception):
+                raise
+            return
+        for n, waiter in enumerate(waiters):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None if results is None else results[n])
+
+
+_LOCAL = object()  # "Redis is down: take a grant of this process's share instead"
+
+
 class SharedLimiter:
-    """A sliding window shared by the namespace (see the module docstring)."""
+    """
+    A sliding window shared by the namespace (see the module docstring).
+
+    This process's waiters queue first come first served; one fetcher asks Redis for as many
+    grants as there are waiters, in one round trip, and hands them out in order. Releases go
+    back in batches, one round trip per loop tick.
+    """
 
     def __init__(
         self,
@@ -481,10 +620,12 @@ class SharedLimiter:
         self.period = period
         self._hold_ms = math.ceil(hold * 1000)
         self._waiter = f"{coordinator.instance}:{name}"
-        self._turn = asyncio.Lock()  # FIFO: this process's waiters, one at a time
+        self._waiters: deque[asyncio.Future[object]] = deque()
+        self._fetching = False
         self._keys = [
             coordinator.key(name, k) for k in ("window", "queue", "lease", "pause", "seq")
         ]
+        self._releases: Batch[tuple[int, str], None] = Batch(self._release_batch, coordinator.spawn)
         self._fallback_allowed = fallback
         self._fallback: SlidingWindowLimiter | None = None
         self._closed = False
@@ -493,31 +634,77 @@ class SharedLimiter:
         """A shared grant (its id), or with Redis down, a grant of this process's share."""
         if self._closed:
             raise ClientClosed("the client was closed while this request waited for its turn")
-        async with self._turn:
-            while True:
-                if self._closed:
-                    raise ClientClosed(
-                        "the client was closed while this request waited for its turn"
-                    )
-                try:
-                    granted, value = await self._ask()
-                except CoordinatorUnavailable:
-                    if not self._fallback_allowed:
-                        raise
-                    return await self._local()
-                if granted:
-                    return int(value)
-                await asyncio.sleep(min(int(value), 1000) / 1000)
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if not self._fetching:
+            self._fetching = True
+            self._c.spawn(self._fetch(), name="seedream-redis-grants")
+        try:
+            grant = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result(), sent=False)
+            raise
+        return await self._local() if grant is _LOCAL else grant
 
-    async def _ask(self) -> tuple[int, int]:
+    async def _fetch(self) -> None:
+        """Ask Redis for grants while anyone waits; whatever happens, no waiter hangs."""
+        try:
+            while not self._closed:
+                wanted = sum(1 for w in self._waiters if not w.done())
+                if wanted == 0:
+                    self._waiters.clear()
+                    return
+                try:
+                    granted, values = await self._ask(min(wanted, self.rate))
+                except CoordinatorUnavailable as e:
+                    self._hand_out(_LOCAL if self._fallback_allowed else e, all_waiters=True)
+                    continue
+                if granted:
+                    for grant in values:
+                        if not self._hand_out(grant):
+                            self.release(grant, sent=False)  # its waiter left: refund it
+                else:
+                    await asyncio.sleep(min(values[0], 1000) / 1000)
+        except BaseException as e:
+            self._hand_out(e, all_waiters=True)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._fetching = False
+
+    def _hand_out(self, grant: object, *, all_waiters: bool = False) -> bool:
+        """Give ``grant`` (or an error) to the longest waiter (or all); False if none waits."""
+        given = False
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            if isinstance(grant, BaseException):
+                waiter.set_exception(grant)
+            else:
+                waiter.set_result(grant)
+            given = True
+            if not all_waiters:
+                break
+        return given
+
+    async def _ask(self, wanted: int) -> tuple[bool, list[int]]:
         # createTask waits for Redis (bounded); polls fall back to the local share at once.
         patient = not self._fallback_allowed
-        answer = await self._c.script("acquire", self._keys, self._args(), patient=patient)
-        return int(answer[0]), int(answer[1])
+        answer = await self._c.script("acquire", self._keys, self._args(wanted), patient=patient)
+        return bool(int(answer[0])), [int(v) for v in answer[1:]]
 
-    def _args(self) -> list[Any]:
+    def _args(self, wanted: int) -> list[Any]:
         lease = 2000
-        return [self._waiter, self.rate, math.ceil(self.period * 1000), lease, self._hold_ms]
+        return [
+            self._waiter,
+            self.rate,
+            math.ceil(self.period * 1000),
+            lease,
+            self._hold_ms,
+            wanted,
+        ]
 
     async def _local(self) -> object:
         share = max(1, self.rate // max(1, self._c.members))
@@ -527,15 +714,16 @@ class SharedLimiter:
         return self._fallback
 
     def release(self, grant: object = None, *, sent: bool = True) -> None:
-        """Stamp (or refund) a grant; Redis hears of it in the background."""
+        """Stamp (or refund) a grant; Redis hears of it with the others of this tick."""
         if isinstance(grant, SlidingWindowLimiter):
             grant.release(sent=sent)
         elif isinstance(grant, int):
-            self._c.spawn(self._release(grant, sent), name="seedream-redis-release")
+            self._releases.add_nowait((grant, "1" if sent else "0"))
 
-    async def _release(self, grant: int, sent: bool) -> None:
-        # If this fails, the grant still counts until its hold runs out: safe, never over.
-        await self._c.script("release", self._keys[:1], [grant, "1" if sent else "0"])
+    async def _release_batch(self, grants: list[tuple[int, str]]) -> None:
+        # If this fails, the grants still count until their hold runs out: safe, never over.
+        args: list[Any] = [part for grant in grants for part in grant]
+        await self._c.script("release", self._keys[:1], args)
 
     def pause_until(self, when: float) -> None:
         """Pause every process of the namespace until loop time ``when``."""
@@ -546,7 +734,10 @@ class SharedLimiter:
             )
 
     def close(self) -> None:
-        """Grant nothing more."""
+        """Grant nothing more: every waiter gets ``ClientClosed``."""
         self._closed = True
+        self._hand_out(
+            ClientClosed("the client was closed while this request waited"), all_waiters=True
+        )
         if self._fallback is not None:
             self._fallback.close()
