@@ -33,10 +33,19 @@ from ._errors import (
     SubmissionUnknown,
     TaskFailed,
     TaskTimeout,
+    UploadError,
     UsageLimitExceeded,
 )
 from ._handle import TaskHandle
-from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, TaskState
+from ._models import (
+    AspectRatio,
+    EditRequest,
+    EditResult,
+    LocalImage,
+    Quality,
+    TaskRecord,
+    TaskState,
+)
 from ._receiver import CallbackReceiver, Reply
 from ._redis import RedisCoordinator
 
@@ -62,6 +71,7 @@ __all__ = [
     "JournalError",
     "JournalMismatch",
     "LocalCoordinator",
+    "LocalImage",
     "NotFound",
     "PollSchedule",
     "Quality",
@@ -81,5 +91,6 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "TaskTimeout",
+    "UploadError",
     "UsageLimitExceeded",
 ]

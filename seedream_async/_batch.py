@@ -23,6 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from pathlib import Path
 
 import attrs
+from yarl import URL
 
 from ._errors import (
     DownloadError,
@@ -93,6 +94,8 @@ class BatchProgress:
     errors: int = 0
     #: Outcomes taken from the journal of an earlier run.
     from_journal: int = 0
+    #: Local images uploaded in this run.
+    uploaded: int = 0
     credits: float = 0.0
     started: float = attrs.field(factory=time.monotonic)
 
@@ -170,6 +173,26 @@ class BatchRunner:
         self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
     ) -> AsyncIterator[BatchItem]:
         """Yield one item per input, as tasks end (or in input order)."""
+        uploader = self._tracker.uploader
+        assert uploader is not None
+        if self._journal is not None:
+            for sha256, url, at in self._journal.uploads():
+                uploader.remember(sha256, URL(url), at)
+        uploader.listeners.append(self._uploaded)
+        try:
+            async for item in self._run(requests, ordered=ordered):
+                yield item
+        finally:
+            uploader.listeners.remove(self._uploaded)
+
+    def _uploaded(self, sha256: str, url: URL, at: float) -> None:
+        self.progress.uploaded += 1
+        if self._journal is not None:
+            self._journal.uploaded(sha256, url, at)
+
+    async def _run(
+        self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
+    ) -> AsyncIterator[BatchItem]:
         window = self._tracker.settings.max_in_flight
         pull = _puller(requests)
         exhausted = False

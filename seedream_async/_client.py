@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -19,10 +20,19 @@ from ._coordination import Coordinator, LocalCoordinator
 from ._errors import ClientClosed, InvalidRequest, ReceiverError, SeedreamError
 from ._handle import TaskHandle
 from ._journal import Journal
-from ._models import AspectRatio, EditRequest, EditResult, Quality, TaskRecord, request_from
+from ._models import (
+    AspectRatio,
+    EditRequest,
+    EditResult,
+    LocalImage,
+    Quality,
+    TaskRecord,
+    request_from,
+)
 from ._receiver import CallbackReceiver
 from ._tracker import Tracker, check_token
 from ._transport import Transport
+from ._uploads import Uploader
 
 
 class ClientState(enum.Enum):
@@ -133,7 +143,8 @@ class SeedreamClient:
             transport = Transport(
                 session, self.base_url, self._api_key, self.settings, limiters=limiters
             )
-            self._tracker.start(transport, session)
+            uploader = Uploader(session, self.base_url, self._api_key, self.settings)
+            self._tracker.start(transport, session, uploader)
         except BaseException:
             await self._coordinator.aclose()
             if self._owns_receiver and receiver is not None:
@@ -166,7 +177,24 @@ class SeedreamClient:
         """Send one createTask and return the task id (no tracking, no slot)."""
         transport = await self._open()
         url = URL(callback_url) if isinstance(callback_url, str) else callback_url
-        return await transport.create_task(request, url)
+        assert self._tracker.uploader is not None
+        return await transport.create_task(await self._tracker.uploader.resolve(request), url)
+
+    async def upload(
+        self, file: str | os.PathLike[str] | bytes, *, file_name: str | None = None
+    ) -> URL:
+        """
+        Upload an image (a path, or its bytes) and return a URL ``image_urls`` can take.
+
+        A file is checked first (a JPEG, PNG or WebP of at most 10 MB), streamed, and
+        uploaded once per content: the same bytes again return the same URL (for 20 h).
+        """
+        await self._open()
+        uploader = self._tracker.uploader
+        assert uploader is not None
+        if isinstance(file, bytes | bytearray | memoryview):
+            return await uploader.upload_bytes(bytes(file), file_name)
+        return await uploader.upload_image(LocalImage.open(file), file_name)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """Return a task's current record (recordInfo)."""
@@ -186,7 +214,7 @@ class SeedreamClient:
         /,
         *,
         prompt: str | None = None,
-        image_urls: Sequence[str | URL] | None = None,
+        image_urls: Sequence[str | URL | os.PathLike[str]] | None = None,
         aspect_ratio: AspectRatio | str = AspectRatio.SQUARE,
         quality: Quality | str = Quality.BASIC,
         nsfw_checker: bool | None = None,

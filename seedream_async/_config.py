@@ -119,6 +119,19 @@ class Settings:
     allow_private_downloads: bool = False
     #: Seconds one result image may take to download in all (a trickling server is cut off).
     download_timeout: float = attrs.field(default=300.0, validator=_positive)
+    #: Where uploads go: ``base_url`` unless set (kie's own upload host, for one).
+    upload_base_url: str | None = None
+    #: The upload API's path under it (Apikley: ``file-upload/api``; kie: ``api``).
+    upload_path: str = "file-upload/api"
+    #: The folder uploads are kept in on the service (``uploadPath``).
+    upload_folder: str = "seedream-async"
+    #: Uploads at once, and per ``upload_period`` seconds: the upload API's limits are not
+    #: documented, so these are conservative.
+    upload_concurrency: int = attrs.field(default=4, validator=_at_least_one)
+    upload_rate: int = attrs.field(default=10, validator=_at_least_one)
+    upload_period: float = attrs.field(default=1.0, validator=_positive)
+    #: An uploaded file is reused this long (sources say files live 24 h or 3 days).
+    upload_reuse_for: float = attrs.field(default=20 * 3600.0, validator=_positive)
 
 
 def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:

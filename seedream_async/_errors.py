@@ -26,6 +26,7 @@ reaches a caller (it is kept as ``__cause__``)::
     ├── ReceiverError (OSError)            the callback receiver could not start (say, bind)
     ├── CoordinatorUnavailable             the fleet's Redis could not be reached in time
     ├── ExtraNotInstalled (ImportError)    an optional extra is needed (say, redis)
+    ├── UploadError                        a local image could not be uploaded
     └── DownloadError                      a result image could not be fetched, or was refused
 """
 
@@ -200,6 +201,16 @@ class CoordinatorUnavailable(SeedreamError):
 
 class ExtraNotInstalled(SeedreamError, ImportError):
     """A feature needs an optional extra that is not installed; the message says which."""
+
+
+class UploadError(SeedreamError):
+    """A local image could not be uploaded; ``path`` names it (None for bytes)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"upload of {path or 'image bytes'} failed: {reason}")
+        self.message = reason
+        self.path = path
+        self.reason = reason
 
 
 class DownloadError(SeedreamError):

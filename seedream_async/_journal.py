@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS items (
     files TEXT,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -267,6 +268,19 @@ class Journal:
     def forget(self, index: int) -> None:
         """Drop an input the service refused before making a task: a rerun may send it."""
         self._query("DELETE FROM items WHERE idx = ?", (index,))
+
+    def uploaded(self, sha256: str, url: object, at: float) -> None:
+        """Journal a local image's upload, so a resumed run does not upload it again."""
+        self._query(
+            "INSERT INTO uploads VALUES (?, ?, ?)"
+            " ON CONFLICT (sha256) DO UPDATE SET url = excluded.url, at = excluded.at",
+            (sha256, str(url), at),
+        )
+
+    def uploads(self) -> list[tuple[str, str, float]]:
+        """Every journaled upload: content hash, URL, wall-clock time."""
+        rows = self._query("SELECT sha256, url, at FROM uploads", ()).fetchall()
+        return [(str(h), str(u), float(t)) for h, u, t in rows]
 
     def counts(self) -> dict[Stage, int]:
         """Return how many inputs are at each stage."""

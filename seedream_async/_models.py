@@ -5,8 +5,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import TypeVar
 
 import attrs
@@ -18,6 +21,13 @@ MODEL = "seedream/4.5-edit"
 _E = TypeVar("_E", bound=enum.Enum)
 MAX_PROMPT_CHARS = 3000
 MAX_IMAGES = 14
+#: The seed's limit for one input image, in bytes.
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+_MAGIC: tuple[tuple[str, str, bytes, int], ...] = (
+    ("jpeg", ".jpg", b"\xff\xd8\xff", 0),
+    ("png", ".png", b"\x89PNG\r\n\x1a\n", 0),
+    ("webp", ".webp", b"WEBP", 8),  # RIFF....WEBP
+)
 
 
 class AspectRatio(enum.StrEnum):
@@ -80,18 +90,96 @@ def _quality(value: Quality | str) -> Quality:
     return _member(Quality, "quality", value)
 
 
-def _image_urls(value: Iterable[str | URL]) -> tuple[URL, ...]:
-    if isinstance(value, str | URL):
-        raise InvalidRequest("image_urls", "must be a list of URLs, not a single string")
+@attrs.frozen
+class LocalImage:
+    """
+    An image file to upload before createTask (made from a ``pathlib.Path``).
+
+    Checked when made, before anything is sent: a regular file of at most 10 MB whose content
+    (magic bytes, not the extension) is JPEG, PNG or WebP. ``sha256`` of the content is what
+    identifies it (uploads, journals), computed on first use in bounded chunks.
+    """
+
+    path: Path
+    size: int
+    kind: str
+    _digest: list[str] = attrs.field(factory=list, eq=False, repr=False, alias="_digest")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> LocalImage:
+        """Check ``path``; ``InvalidRequest`` names it and the rule it breaks."""
+        where = Path(path)
+        try:
+            info = where.stat()
+        except OSError as e:
+            raise InvalidRequest("image_urls", f"{where}: {e.strerror or e}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidRequest("image_urls", f"{where}: not a regular file")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise InvalidRequest(
+                "image_urls", f"{where}: {info.st_size} bytes, over the 10 MB limit of an image"
+            )
+        try:
+            with where.open("rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise InvalidRequest("image_urls", f"{where}: {e.strerror or e}") from None
+        kind = image_kind(head)
+        if kind is None:
+            raise InvalidRequest("image_urls", f"{where}: not a JPEG, PNG or WebP image")
+        return cls(path=where.absolute(), size=info.st_size, kind=kind)
+
+    @property
+    def suffix(self) -> str:
+        """The file-name suffix of its kind (``.jpg``, ``.png``, ``.webp``)."""
+        return next(suffix for kind, suffix, _, _ in _MAGIC if kind == self.kind)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the file's content (read once, 1 MiB at a time)."""
+        if not self._digest:
+            digest = hashlib.sha256()
+            try:
+                with self.path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+            except OSError as e:
+                raise InvalidRequest("image_urls", f"{self.path}: {e.strerror or e}") from None
+            self._digest.append(digest.hexdigest())
+        return self._digest[0]
+
+
+def image_kind(head: bytes) -> str | None:
+    """``jpeg``, ``png`` or ``webp`` by the first bytes of a file, else None."""
+    for kind, _, magic, offset in _MAGIC:
+        if head[offset : offset + len(magic)] == magic and (kind != "webp" or head[:4] == b"RIFF"):
+            return kind
+    return None
+
+
+ImageSource = URL | LocalImage
+
+
+def _image_urls(value: Iterable[str | URL | os.PathLike[str]]) -> tuple[ImageSource, ...]:
+    if isinstance(value, str | URL | os.PathLike):
+        raise InvalidRequest("image_urls", "must be a list of URLs or paths, not a single one")
     if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
         raise InvalidRequest("image_urls", f"must be a list of URLs, got {type(value).__name__}")
-    urls = tuple(_one_url(v) for v in value)
+    urls = tuple(_one_source(v) for v in value)
     if not 1 <= len(urls) <= MAX_IMAGES:
         raise InvalidRequest("image_urls", f"needs 1 to {MAX_IMAGES} URLs, got {len(urls)}")
     return urls
 
 
-def _one_url(value: str | URL) -> URL:
+def _one_source(value: object) -> ImageSource:
+    if isinstance(value, LocalImage):
+        return value
+    if isinstance(value, os.PathLike):
+        return LocalImage.open(value)
+    return _one_url(value)
+
+
+def _one_url(value: object) -> URL:
     if not isinstance(value, str | URL):
         raise InvalidRequest("image_urls", f"{value!r} is not a URL string")
     raw = str(value)
@@ -128,17 +216,29 @@ class EditRequest:
     """One edit: validated at construction, so a bad one never reaches the network."""
 
     prompt: str = attrs.field(validator=_check_prompt)
-    image_urls: tuple[URL, ...] = attrs.field(converter=_image_urls)
+    #: URLs, or local images (give a ``pathlib.Path``): uploaded before createTask.
+    image_urls: tuple[ImageSource, ...] = attrs.field(converter=_image_urls)
     aspect_ratio: AspectRatio = attrs.field(default=AspectRatio.SQUARE, converter=_aspect_ratio)
     quality: Quality = attrs.field(default=Quality.BASIC, converter=_quality)
     nsfw_checker: bool | None = attrs.field(default=None, validator=_check_nsfw)
 
+    @property
+    def local_images(self) -> tuple[LocalImage, ...]:
+        """The images that are files here (uploaded before createTask)."""
+        return tuple(u for u in self.image_urls if isinstance(u, LocalImage))
+
     def fingerprint(self) -> str:
-        """Return a stable digest of everything the service is asked to do."""
+        """Return a stable digest of everything the service is asked to do.
+
+        A local image counts by its content hash: moving a folder changes nothing.
+        """
         canonical = json.dumps(
             [
                 self.prompt,
-                [str(u) for u in self.image_urls],
+                [
+                    f"sha256:{u.sha256}" if isinstance(u, LocalImage) else str(u)
+                    for u in self.image_urls
+                ],
                 self.aspect_ratio.value,
                 self.quality.value,
                 self.nsfw_checker,
@@ -152,7 +252,7 @@ def request_from(
     request: EditRequest | None,
     *,
     prompt: str | None,
-    image_urls: Iterable[str | URL] | None,
+    image_urls: Iterable[str | URL | os.PathLike[str]] | None,
     aspect_ratio: AspectRatio | str,
     quality: Quality | str,
     nsfw_checker: bool | None,

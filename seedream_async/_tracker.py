@@ -29,6 +29,7 @@ from ._models import EditRequest, EditResult, TaskRecord, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
 from ._transport import Transport
+from ._uploads import Uploader
 
 log = logging.getLogger("seedream_async")
 
@@ -75,6 +76,7 @@ class Tracker:
             settings, self.slots, callbacks=receiver is not None, confirm_callbacks=confirm
         )
         self.transport: Transport | None = None
+        self.uploader: Uploader | None = None
         self.poller: Poller | None = None
         self.downloader: Downloader | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -84,11 +86,14 @@ class Tracker:
         """True once ``start`` ran."""
         return self.transport is not None
 
-    def start(self, transport: Transport, session: aiohttp.ClientSession) -> None:
+    def start(
+        self, transport: Transport, session: aiohttp.ClientSession, uploader: Uploader
+    ) -> None:
         """Wire the collaborators once the client has a session (and its receiver runs)."""
         if self.lifecycle.closed:
             raise ClientClosed("this client is closed; make a new one")
         self.transport = transport
+        self.uploader = uploader
         self.poller = Poller(
             transport,
             self.lifecycle,
@@ -147,10 +152,14 @@ class Tracker:
         runs once the task id is known, even if the caller was cancelled meanwhile.
         """
         assert self.transport is not None, "start() first"
+        assert self.uploader is not None
         if self.receiver is None:
             token = None
         elif token is None:
             token = self.new_token()
+        # Local images become URLs first (nothing is paid for an upload): createTask only
+        # ever sees http(s), and a slow upload never holds an in-flight slot.
+        sendable = await self.uploader.resolve(request)
         await self.slots.acquire()
         try:
             task = self.lifecycle.queue(request, token, holds_slot=True)
@@ -170,7 +179,7 @@ class Tracker:
             if on_sent is not None:
                 on_sent()
 
-        create = asyncio.ensure_future(self.transport.create_task(request, callback_url, sending))
+        create = asyncio.ensure_future(self.transport.create_task(sendable, callback_url, sending))
         try:
             task_id = await asyncio.shield(create)
         except asyncio.CancelledError:

@@ -91,7 +91,9 @@ class MalformedPayload(ValueError):
 
 
 def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
-    """Encode the createTask JSON body."""
+    """Encode the createTask JSON body (every image a URL: upload local ones first)."""
+    if request.local_images:
+        raise InvalidRequest("image_urls", "local images must be uploaded before createTask")
     task_input: dict[str, Any] = {
         "prompt": request.prompt,
         "image_urls": [str(u) for u in request.image_urls],
@@ -210,6 +212,20 @@ def parse_task_id(data: Any) -> str:
     if task_id is None:
         raise MalformedPayload("createTask answer without a taskId")
     return check_task_id(task_id)
+
+
+def parse_upload(data: Any) -> URL:
+    """Read an upload answer's URL: ``downloadUrl`` (``fileUrl`` in older answers)."""
+    url = data.get("downloadUrl") or data.get("fileUrl") if isinstance(data, dict) else None
+    if not isinstance(url, str):
+        raise MalformedPayload("upload answer without downloadUrl or fileUrl")
+    try:
+        parsed = URL(url)
+    except ValueError as e:
+        raise MalformedPayload(f"upload answer URL does not parse: {e}") from e
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise MalformedPayload("upload answer URL is not an absolute http(s) URL")
+    return parsed
 
 
 def parse_credits(data: Any) -> float:

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import csv
 import difflib
+import glob
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -40,7 +41,7 @@ from ._errors import (
     TaskTimeout,
 )
 from ._journal import Journal
-from ._models import AspectRatio, EditRequest, EditResult, Quality
+from ._models import AspectRatio, EditRequest, EditResult, LocalImage, Quality
 from ._receiver import CallbackReceiver
 from ._redis import RedisCoordinator
 from ._wire import record_to_wire
@@ -103,7 +104,7 @@ def _manifest_items(path: Path) -> Iterator[EditRequest | ManifestError]:
             lines = _decoded_lines(f)
             rows = _csv_rows(lines) if path.suffix.lower() == ".csv" else _jsonl_rows(lines)
             for line, fields in rows:
-                yield fields if isinstance(fields, ManifestError) else _request(line, fields)
+                yield fields if isinstance(fields, ManifestError) else _request(line, fields, path)
     except OSError as e:
         raise UsageError(f"cannot read manifest {path}: {e.strerror or e}") from e
 
@@ -179,7 +180,7 @@ def _csv_fields(line: int, fields: dict[str, Any]) -> dict[str, Any] | ManifestE
     return fields
 
 
-def _request(line: int, fields: dict[str, Any]) -> EditRequest | ManifestError:
+def _request(line: int, fields: dict[str, Any], manifest: Path) -> EditRequest | ManifestError:
     unknown = set(fields) - MANIFEST_FIELDS
     if unknown:
         hints = []
@@ -187,6 +188,12 @@ def _request(line: int, fields: dict[str, Any]) -> EditRequest | ManifestError:
             close = difflib.get_close_matches(name, MANIFEST_FIELDS, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         return ManifestError(line, f"unknown field(s) {', '.join(hints)}")
+    urls = fields.get("image_urls")
+    if isinstance(urls, list):
+        # No URL scheme: a file, relative to the manifest (uploaded before createTask).
+        fields["image_urls"] = [
+            manifest.parent / u if isinstance(u, str) and u and "://" not in u else u for u in urls
+        ]
     try:
         return EditRequest(**fields)
     except InvalidRequest as e:
@@ -195,15 +202,18 @@ def _request(line: int, fields: dict[str, Any]) -> EditRequest | ManifestError:
         return ManifestError(line, str(e))
 
 
-def check_manifest(path: Path) -> list[EditRequest]:
-    """Validate every line before anything is paid for; report every bad line (up to a cap)."""
-    requests: list[EditRequest] = []
+def check_manifest(path: Path) -> int:
+    """Validate every line before anything is paid for; report every bad line (up to a cap).
+
+    Returns how many edits there are; streams, so a manifest of millions fits in memory.
+    """
+    count = 0
     errors: list[ManifestError] = []
     for item in _manifest_items(path):
         if isinstance(item, ManifestError):
             errors.append(item)
         else:
-            requests.append(item)
+            count += 1
     if len(errors) == 1:
         raise UsageError(f"{path}:{errors[0]}")
     if errors:
@@ -213,10 +223,42 @@ def check_manifest(path: Path) -> list[EditRequest]:
         raise UsageError(
             f"{len(errors)} bad lines in the manifest, nothing was sent:\n{shown}{more}"
         )
+    return count
+
+
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp"))
+
+
+def folder_requests(spec: str, prompt: str, aspect_ratio: str, quality: str) -> list[EditRequest]:
+    """One edit per image: every JPEG/PNG/WebP file in a folder, or every file a glob matches."""
+    where = Path(spec)
+    if where.is_dir():
+        files = sorted(
+            p
+            for p in where.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+    if not files:
+        raise UsageError(f"--images {spec}: no image files there")
+    requests, errors = [], []
+    for file in files:
+        try:
+            requests.append(
+                EditRequest(
+                    prompt=prompt, image_urls=[file], aspect_ratio=aspect_ratio, quality=quality
+                )
+            )
+        except InvalidRequest as e:
+            errors.append(e.message)
+    if errors:
+        shown = "\n".join(f"  {e}" for e in errors[:MAX_REPORTED])
+        raise UsageError(f"{len(errors)} file(s) cannot be edited, nothing was sent:\n{shown}")
     return requests
 
 
-def check_journal(path: Path, requests: Sequence[EditRequest]) -> None:
+def check_journal(path: Path, requests: Iterable[EditRequest]) -> None:
     """Refuse, before anything is written, a journal that is busy, damaged or another batch's."""
     with Journal(path) as journal:
         for index, request in enumerate(requests):
@@ -297,25 +339,24 @@ def simulated_service() -> SimulatorConfig:
 
 
 async def cmd_batch(args: argparse.Namespace) -> int:
-    """Run a manifest; write results JSONL; show progress and a summary."""
+    """Run a manifest (or a folder of images); write results JSONL; show progress and a summary."""
     from rich.console import Console  # noqa: PLC0415 (the [cli] extra, checked in main)
 
-    manifest = Path(args.manifest)
     # Everything checkable is checked before anything is paid for or any file is touched.
-    total = len(check_manifest(manifest))
+    source, total, inputs = _inputs(args)
     if not args.simulate:
         resolve_api_key(None)  # a missing key: exit 2 now, not after the journal exists
-    out = Path(args.out or manifest.with_suffix(".results.jsonl").name)
+    out = Path(args.out or Path(source).with_suffix(".results.jsonl").name)
     check_output(out, args.download_to)
     journal = args.journal
     if journal is None and not args.simulate:
         journal = str(out.with_suffix(".journal"))
     if journal is not None:
-        check_journal(Path(journal), check_manifest(manifest))
+        check_journal(Path(journal), inputs())
     console = Console(stderr=True)
     progress = BatchProgress(total=total)
     console.print(
-        f"[bold]{total}[/] edits from {manifest}"
+        f"[bold]{total}[/] edits from {source}"
         + (f", journal {journal}" if journal else "")
         + (" [dim](simulated service)[/]" if args.simulate else "")
     )
@@ -323,7 +364,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
         await client.credits()  # fail fast, with one line, if the service is out of reach
         with _live_progress(progress, console, quiet=args.quiet), _Results(out) as results:
             async for item in client.edit_many(
-                read_manifest(manifest),
+                inputs(),
                 journal=journal,
                 ordered=args.ordered,
                 download_to=args.download_to,
@@ -332,6 +373,21 @@ async def cmd_batch(args: argparse.Namespace) -> int:
                 results.write(item_line(item))
     _summary(progress, out, args.download_to, Console())
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
+
+
+def _inputs(args: argparse.Namespace) -> tuple[str, int, Callable[[], Iterator[EditRequest]]]:
+    """What to edit: a manifest (streamed) or ``--images`` with one ``--prompt``, checked."""
+    if (args.manifest is None) == (args.images is None):
+        raise UsageError("give a MANIFEST or --images DIR_OR_GLOB (with --prompt), not both")
+    if args.images is not None:
+        if not args.prompt:
+            raise UsageError("--images needs --prompt, the edit to make to every image")
+        edits = folder_requests(args.images, args.prompt, args.aspect_ratio, args.quality)
+        return args.images, len(edits), lambda: iter(edits)
+    if args.prompt:
+        raise UsageError("--prompt goes with --images; a manifest has a prompt per line")
+    manifest = Path(args.manifest)
+    return args.manifest, check_manifest(manifest), lambda: read_manifest(manifest)
 
 
 class _Results:
@@ -365,6 +421,10 @@ class _Results:
 def item_line(item: BatchItem) -> dict[str, Any]:
     """One line of the results JSONL."""
     line: dict[str, Any] = {"index": item.index, "status": item.status}
+    if item.request is not None:
+        line["inputs"] = [
+            str(u.path) if isinstance(u, LocalImage) else str(u) for u in item.request.image_urls
+        ]
     if item.result is not None:
         line["task_id"] = item.result.task_id
         line["urls"] = [str(u) for u in item.result.urls]
@@ -400,6 +460,7 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f}/s"),
         TextColumn("in flight {task.fields[running]}"),
+        TextColumn("uploads {task.fields[uploads]}"),
         TextColumn("[red]failed {task.fields[failed]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -407,7 +468,7 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         console=console,
         refresh_per_second=5,
     )
-    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0)
+    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0, uploads=0)
 
     def update() -> None:
         failed = progress.failed + progress.unknown + progress.errors
@@ -417,6 +478,7 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
             rate=progress.rate,
             running=progress.running,
             failed=failed,
+            uploads=progress.uploaded,
         )
 
     with bar:
@@ -564,7 +626,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     batch = sub.add_parser("batch", parents=[common], help="edit every request of a manifest")
-    batch.add_argument("manifest", help="JSONL (or .csv) file, one edit per line")
+    batch.add_argument(
+        "manifest",
+        nargs="?",
+        help="JSONL (or .csv) file, one edit per line; image entries may be paths (relative to it)",
+    )
+    batch.add_argument(
+        "--images",
+        metavar="DIR_OR_GLOB",
+        help="instead of a manifest: edit every JPEG/PNG/WebP in a folder (or a glob)",
+    )
+    batch.add_argument("--prompt", help="with --images: the edit to make to every image")
+    batch.add_argument(
+        "--aspect-ratio",
+        default="1:1",
+        choices=[a.value for a in AspectRatio],
+        help="with --images",
+    )
+    batch.add_argument(
+        "--quality", default="basic", choices=[q.value for q in Quality], help="with --images"
+    )
     batch.add_argument("--out", help="results JSONL (default: MANIFEST.results.jsonl)")
     batch.add_argument("--journal", help="SQLite journal that makes reruns resume")
     batch.add_argument("--download-to", metavar="DIR", help="save result images here")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 import aiohttp
 import attrs
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from yarl import URL
 
 from ._errors import InvalidRequest
@@ -94,6 +95,10 @@ class SimulatorConfig:
     result_url_template: str | None = None
     #: Rewrites each record just before it is sent (recordInfo and callbacks): hostile answers.
     tamper: Callable[[dict[str, Any]], object] | None = None
+    #: Seconds an uploaded file is served before it expires (None: kept while serving).
+    upload_ttl: float | None = None
+    #: Largest upload accepted, in bytes (an edit input's limit).
+    upload_max_bytes: int = 10 * 1024 * 1024
     #: Seed of the simulator's randomness.
     seed: int | None = None
 
@@ -110,6 +115,9 @@ class SimulatorStats:
     callbacks_sent: int = 0
     callbacks_failed: int = 0
     downloads: int = 0
+    #: Files uploaded (stream and base64), and their bytes.
+    uploads: int = 0
+    upload_bytes: int = 0
     #: Tasks made per callback URL: more than one for a URL means a task was paid twice.
     tasks_per_callback: Counter[str] = attrs.field(factory=Counter)
     #: Tasks made per request fingerprint.
@@ -167,11 +175,16 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.stats = SimulatorStats()
         self.tasks: dict[str, _Task] = {}
+        #: Uploaded files: "folder/name" -> (bytes, monotonic time of upload).
+        self.uploaded: dict[str, tuple[bytes, float]] = {}
         self.app = web.Application()
         self.app.router.add_post("/api/v1/jobs/createTask", self._create)
         self.app.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
         self.app.router.add_get("/api/v1/chat/credit", self._credit)
         self.app.router.add_get("/files/{task_id}/{n}.png", self._file)
+        self.app.router.add_post("/file-upload/api/file-stream-upload", self._stream_upload)
+        self.app.router.add_post("/file-upload/api/file-base64-upload", self._base64_upload)
+        self.app.router.add_get("/uploads/{folder}/{name}", self._uploaded_file)
         self.app.cleanup_ctx.append(self._callback_session)
         self._rng = random.Random(self.config.seed)
         self._ids = itertools.count(1)
@@ -263,7 +276,13 @@ class Simulator:
             callback_url=callback,
             created=time.monotonic(),
             latency=self._rng.uniform(lo, hi) if hi > lo else lo,
-            fails=self._rng.random() < cfg.failure_rate,
+            # An input that is one of our uploads, expired, cannot be fetched: the task fails.
+            fails=self._rng.random() < cfg.failure_rate
+            or any(
+                u.host == base.host and u.path.startswith("/uploads/") and not self.upload_alive(u)
+                for u in request.image_urls
+                if isinstance(u, URL)
+            ),
             files_base=base / "files",
             images=cfg.images_per_task,
         )
@@ -428,6 +447,93 @@ class Simulator:
             return web.Response(status=self.config.file_status, text="file error")
         self.stats.downloads += 1
         return web.Response(body=fake_png(task.task_id, n, self.config.image_size))
+
+    # --- uploads ------------------------------------------------------------------------
+
+    async def _stream_upload(self, request: web.Request) -> web.Response:
+        if (gated := self._gate(request)) is not None:
+            return gated
+        fields: dict[str, str] = {}
+        data = b""
+        try:
+            async for part in await request.multipart():
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "file":
+                    data = await part.read()
+                    if len(data) > self.config.upload_max_bytes:
+                        return _answer(400, "file too large")
+                    fields.setdefault("fileName", part.filename or "")
+                elif part.name:
+                    fields[part.name] = (await part.read()).decode("utf-8", "replace")
+        except (ValueError, AssertionError) as e:
+            return _answer(400, f"bad multipart body: {e}")
+        return self._store_upload(
+            request, data, fields.get("uploadPath", ""), fields.get("fileName")
+        )
+
+    async def _base64_upload(self, request: web.Request) -> web.Response:
+        if (gated := self._gate(request)) is not None:
+            return gated
+        try:
+            body = await request.json()
+            encoded = str(body["base64Data"]).split(",", 1)[-1]
+            data = base64.b64decode(encoded, validate=True)
+        except (ValueError, KeyError, TypeError) as e:
+            return _answer(400, f"bad base64 upload: {e}")
+        if len(data) > self.config.upload_max_bytes:
+            return _answer(400, "file too large")
+        return self._store_upload(
+            request, data, str(body.get("uploadPath", "")), body.get("fileName")
+        )
+
+    def _store_upload(
+        self, request: web.Request, data: bytes, folder: str, name: object
+    ) -> web.Response:
+        if not data or not folder or folder != folder.strip("/") or "/" in folder:
+            return _answer(400, "file and uploadPath (no slashes at the ends) are required")
+        name = str(name) if name else f"upload_{next(self._ids)}"
+        if "/" in name or name.startswith("."):
+            return _answer(400, "bad fileName")
+        self.uploaded[f"{folder}/{name}"] = (data, time.monotonic())
+        self.stats.uploads += 1
+        self.stats.upload_bytes += len(data)
+        url = request.url.origin() / "uploads" / folder / name
+        return web.Response(
+            body=json.dumps(
+                {
+                    "success": True,
+                    "code": 200,
+                    "msg": "File uploaded successfully",
+                    "data": {
+                        "fileName": name,
+                        "filePath": f"{folder}/{name}",
+                        "downloadUrl": str(url),
+                        "fileSize": len(data),
+                        "mimeType": "application/octet-stream",
+                        "uploadedAt": datetime.now(UTC).isoformat(),
+                    },
+                }
+            ).encode(),
+            content_type="application/json",
+        )
+
+    async def _uploaded_file(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['folder']}/{request.match_info['name']}"
+        stored = self.uploaded.get(key)
+        ttl = self.config.upload_ttl
+        if stored is None or (ttl is not None and time.monotonic() - stored[1] > ttl):
+            return web.Response(status=404, text="no such file (or it expired)")
+        return web.Response(body=stored[0])
+
+    def upload_alive(self, url: URL) -> bool:
+        """True if ``url`` is an upload the simulator still serves."""
+        parts = url.path.strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "uploads":
+            return False
+        stored = self.uploaded.get(f"{parts[1]}/{parts[2]}")
+        ttl = self.config.upload_ttl
+        return stored is not None and (ttl is None or time.monotonic() - stored[1] <= ttl)
 
 
 def fake_png(task_id: str, n: int, size: int) -> bytes:
