@@ -152,6 +152,20 @@ async def journal_writes(n: int) -> dict[str, Any]:
     return {k: run[k] for k in ("n", "sending_us", "accepted_us")}
 
 
+async def upload_memory(small: int, large: int, size: int) -> dict[str, Any]:
+    config = SimulatorConfig(keep_uploads=False)
+    # The client uploads WARM_UPLOADS more first, to warm up; then n are measured.
+    runs = {str(n): await measured("uploads", config, n=n + 20, size=size) for n in (small, large)}
+    big = runs[str(large)]
+    return {
+        "size": size,
+        "peak_bytes": {n: r["peak"] for n, r in runs.items()},
+        "growth": big["peak"] / runs[str(small)]["peak"] - 1,
+        "mb_per_s": large * size / big["wall"] / 2**20,
+        "files_per_s": large / big["wall"],
+    }
+
+
 async def fleet(plan: Plan) -> dict[str, Any]:
     from benchmarks import fleet as f  # noqa: PLC0415 (needs the redis extra)
 
@@ -227,6 +241,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
             r["fleet"]["latency"]["p99_ms"] <= 5.0,
         ),
         (
+            "uploads: peak RSS for 200 files of 5 MiB within 10 % of 20 files",
+            f"{100 * r['uploads']['growth']:+.1f} %",
+            r["uploads"]["growth"] <= 0.10,
+        ),
+        (
             "fleet: client CPU per task with the coordinator <= 1.3x without",
             f"{r['fleet']['trips']['cpu_ratio']:.2f}x",
             r["fleet"]["trips"]["cpu_ratio"] <= 1.3,
@@ -254,6 +273,20 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
         f"- **Client CPU per task** (callbacks at the owner, {trips['n']} tasks, medians):"
         f" {cpu['alone']:.0f} us alone, {cpu['redis']:.0f} us with the coordinator,"
         f" **{trips['cpu_ratio']:.2f}x**.",
+    ]
+
+
+def uploads_markdown(u: dict[str, Any]) -> list[str]:
+    peaks = ", ".join(f"{int(n):,} files: {b / 2**20:.1f} MiB" for n, b in u["peak_bytes"].items())
+    return [
+        "## 8. Uploading local images",
+        "",
+        f"Distinct files of {u['size'] / 2**20:.0f} MiB each, streamed to the simulator's"
+        f" stream-upload endpoint over loopback. Peak RSS of the client during the run, after"
+        f" 20 warm-up uploads (the high-water mark reset in between): {peaks}"
+        f" (**{100 * u['growth']:+.1f} %**). Throughput with the default concurrency of 4:"
+        f" {u['mb_per_s']:.0f} MiB/s, {u['files_per_s']:.1f} files/s (each file is also"
+        " hashed, SHA-256, in a thread).",
     ]
 
 
@@ -360,6 +393,8 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         "",
         *fleet_markdown(r["fleet"]),
         "",
+        *uploads_markdown(r["uploads"]),
+        "",
         notes.strip(),
         "",
     ]
@@ -375,6 +410,7 @@ ONLY = (
     "polling",
     "journal_writes",
     "fleet",
+    "uploads",
 )
 
 
@@ -394,6 +430,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
         "polling": lambda: polling(plan.polled_tasks, 20),
         "journal_writes": lambda: journal_writes(plan.journal_writes),
         "fleet": lambda: fleet(plan),
+        "uploads": lambda: upload_memory(plan.upload_files[0], plan.upload_files[1], 5 << 20),
     }
 
 
@@ -426,9 +463,10 @@ class Plan:
     journal_writes: int
     fleet_rate_tasks: int
     fleet_tasks: int
+    upload_files: tuple[int, int] = (20, 200)
 
 
-QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50, 200, 80, 200)
+QUICK = Plan(1, {"10": 300, "100": 300}, 500, 500, 1500, 100, 0.25, 200, 50, 200, 80, 200, (4, 12))
 FULL = Plan(
     3,
     {"10": 3000, "100": 3000, "1000": 5000},

@@ -136,13 +136,15 @@ class LocalImage:
 
     @property
     def sha256(self) -> str:
-        """The SHA-256 of the file's content (read once, 1 MiB at a time)."""
+        """The SHA-256 of the file's content (read once, 256 KiB at a time)."""
         if not self._digest:
             digest = hashlib.sha256()
+            buffer = bytearray(1 << 18)  # one buffer, reused: no allocation per chunk
+            view = memoryview(buffer)
             try:
                 with self.path.open("rb") as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
+                    while n := f.readinto(buffer):
+                        digest.update(view[:n])
             except OSError as e:
                 raise InvalidRequest("image_urls", f"{self.path}: {e.strerror or e}") from None
             self._digest.append(digest.hexdigest())

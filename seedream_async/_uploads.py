@@ -57,6 +57,7 @@ class Uploader:
         self._url = root / settings.upload_path.strip("/") / STREAM_PATH
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": settings.user_agent}
         self._slots = asyncio.Semaphore(settings.upload_concurrency)
+        self._hashing = asyncio.Semaphore(settings.upload_concurrency)
         self._limiter = SlidingWindowLimiter(settings.upload_rate, settings.upload_period)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
@@ -92,7 +93,8 @@ class Uploader:
 
     async def upload_image(self, image: LocalImage, file_name: str | None = None) -> URL:
         """The URL of ``image``'s content, uploaded once (shared by concurrent callers)."""
-        sha256 = await asyncio.to_thread(lambda: image.sha256)  # hashing 10 MB takes ms
+        async with self._hashing:  # bounded like uploads: memory stays flat for any count
+            sha256 = await asyncio.to_thread(lambda: image.sha256)  # hashing 10 MB takes ms
         return await self._once(sha256, lambda: self._send_file(image, sha256, file_name))
 
     async def upload_bytes(self, data: bytes, file_name: str | None = None) -> URL:
@@ -143,8 +145,9 @@ class Uploader:
                 async with self._slots:
                     return await self._send_once(data, name, image)
             except (RateLimited, ServerError) as e:
-                if attempt + 1 == attempts:
-                    raise UploadError(where, str(e)) from e
+                status = e.http_status or 0
+                if attempt + 1 == attempts or (400 <= status < 500 and status != 429):
+                    raise UploadError(where, str(e)) from e  # a 413 page will not change
             except (aiohttp.ClientError, TimeoutError) as e:
                 if attempt + 1 == attempts:
                     raise UploadError(where, f"{type(e).__name__}: {e}") from e

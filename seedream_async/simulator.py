@@ -99,6 +99,8 @@ class SimulatorConfig:
     upload_ttl: float | None = None
     #: Largest upload accepted, in bytes (an edit input's limit).
     upload_max_bytes: int = 10 * 1024 * 1024
+    #: Keep uploaded bytes to serve them (off: count them only, for long benchmarks).
+    keep_uploads: bool = True
     #: Seed of the simulator's randomness.
     seed: int | None = None
 
@@ -177,7 +179,8 @@ class Simulator:
         self.tasks: dict[str, _Task] = {}
         #: Uploaded files: "folder/name" -> (bytes, monotonic time of upload).
         self.uploaded: dict[str, tuple[bytes, float]] = {}
-        self.app = web.Application()
+        # Bodies up to an upload's limit (and some for the form around it); checked below.
+        self.app = web.Application(client_max_size=self.config.upload_max_bytes + (1 << 20))
         self.app.router.add_post("/api/v1/jobs/createTask", self._create)
         self.app.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
         self.app.router.add_get("/api/v1/chat/credit", self._credit)
@@ -495,7 +498,8 @@ class Simulator:
         name = str(name) if name else f"upload_{next(self._ids)}"
         if "/" in name or name.startswith("."):
             return _answer(400, "bad fileName")
-        self.uploaded[f"{folder}/{name}"] = (data, time.monotonic())
+        kept = data if self.config.keep_uploads else b""
+        self.uploaded[f"{folder}/{name}"] = (kept, time.monotonic())
         self.stats.uploads += 1
         self.stats.upload_bytes += len(data)
         url = request.url.origin() / "uploads" / folder / name
