@@ -35,6 +35,12 @@ class Coordinator(Protocol):
     async def register(self, token: str) -> None:
         """Make a callback token known to the fleet, before its createTask goes out."""
 
+    async def hold(self, key: str) -> None:
+        """Wait for an account-wide in-flight slot for submission ``key`` (when capped)."""
+
+    def unhold(self, key: str) -> None:
+        """Give back submission ``key``'s account-wide slot: its task ended."""
+
     async def deliver(self, token: str, record: TaskRecord) -> Offer:
         """A valid callback for a token this process does not hold: route it to its owner."""
 
@@ -70,6 +76,12 @@ class LocalCoordinator:
 
     async def register(self, token: str) -> None:
         """Tokens are known to this process only."""
+
+    async def hold(self, key: str) -> None:
+        """``max_in_flight`` of the client is the only cap."""
+
+    def unhold(self, key: str) -> None:
+        """Nothing was held."""
 
     async def deliver(self, token: str, record: TaskRecord) -> Offer:
         """Nobody else holds tokens."""

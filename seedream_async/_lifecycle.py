@@ -138,6 +138,7 @@ class Task:
     __slots__ = (
         "deadline",
         "due",
+        "fleet_key",
         "future",
         "holds_slot",
         "phase",
@@ -177,6 +178,8 @@ class Task:
         self.recheck = False
         #: The error to raise at the deadline when createTask's answer was lost.
         self.unknown: SubmissionUnknown | None = None
+        #: Its account-wide in-flight slot, when a fleet caps those.
+        self.fleet_key: str | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id or '(no id yet)'} {self.phase.value}>"
@@ -230,6 +233,8 @@ class Lifecycle:
         self.watcher: Watcher = _NoWatcher()
         #: Told of every final record (a fleet keeps it for the other processes).
         self.on_final: Callable[[Task, TaskRecord], None] | None = None
+        #: Told when a task gives its in-flight slot back (a fleet frees its account slot).
+        self.on_slot_freed: Callable[[Task], None] | None = None
         self.in_flight = 0
         self.closed = False
         self._by_token: dict[str, Task] = {}
@@ -474,6 +479,8 @@ class Lifecycle:
             task.holds_slot = False
             self.in_flight -= 1
             self.slots.release()
+            if self.on_slot_freed is not None:
+                self.on_slot_freed(task)
         if task.token is not None:
             if self._by_token.get(task.token) is task:
                 del self._by_token[task.token]

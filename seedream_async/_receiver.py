@@ -196,9 +196,13 @@ class CallbackReceiver:
                 return _response(Reply.error(408, "body too slow"))
             except (ConnectionError, web.HTTPException):
                 return _response(Reply.error(400, "incomplete body"))  # the peer hung up
-        reply = await self.ahandle(
-            request.method, request.match_info["token"], body, request.headers
-        )
+        token = request.match_info["token"]
+        verdict = self._judge(request.method, token, body, request.headers)
+        if isinstance(verdict, Reply):
+            return _response(verdict)
+        reply = self._offer(token, *verdict)
+        if reply.status == 404 and self._coordinator is not None and self._coordinator.shared:
+            reply = await self._route(token, *verdict)  # another process's task
         return _response(reply)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -234,14 +238,18 @@ class CallbackReceiver:
         if isinstance(verdict, Reply):
             return verdict
         reply = self._offer(token, *verdict)
-        coordinator = self._coordinator
-        if reply.status != 404 or coordinator is None or not coordinator.shared:
+        if reply.status != 404 or self._coordinator is None or not self._coordinator.shared:
             return reply
+        return await self._route(token, *verdict)
+
+    async def _route(self, token: str, record: TaskRecord, signature: str | None) -> Reply:
+        """Hand a valid callback for a token this process does not hold to the fleet."""
+        assert self._coordinator is not None
         try:
-            offer = await coordinator.deliver(token, verdict[0])
+            offer = await self._coordinator.deliver(token, record)
         except CoordinatorUnavailable:
             return Reply.error(503, "try again later")
-        return self._reply(offer, token, verdict[1])
+        return self._reply(offer, token, signature)
 
     def _judge(
         self, method: str, token: str, body: bytes, headers: Mapping[str, str]

@@ -114,6 +114,28 @@ end
 return 1
 """
 
+# KEYS: in-flight set. ARGV: submission, cap, milliseconds it may hold the slot at most.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: in-flight set. ARGV: submissions whose tasks ended.
+_UNHOLD = """
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+return 1
+"""
+
 # ARGV: ttl seconds, then the token keys to register.
 _REGISTER = """
 for i = 2, #ARGV do
@@ -201,6 +223,7 @@ class RedisCoordinator:
         result_ttl: float = 24 * 3600.0,
         unavailable_timeout: float = 30.0,
         op_timeout: float = 2.0,
+        max_in_flight: int | None = None,
     ) -> None:
         try:
             import redis.asyncio  # noqa: F401, PLC0415 (the optional extra)
@@ -218,6 +241,14 @@ class RedisCoordinator:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise InvalidRequest(name, f"must be a finite number > 0, got {value!r}")
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise InvalidRequest("max_in_flight", f"must be an integer >= 1, got {max_in_flight!r}")
+        #: Tasks accepted and not yet final across the whole namespace (None: no cap).
+        self.max_in_flight = max_in_flight
         self._url = url
         self._shown = str(parsed.with_password("***")) if parsed.password else str(parsed)
         self.namespace = namespace
@@ -240,6 +271,7 @@ class RedisCoordinator:
         self._deliveries: Batch[tuple[str, str, str, str, str], int] = Batch(
             self._deliver_batch, self.spawn
         )
+        self._unholds: Batch[str, None] = Batch(self._unhold_batch, self.spawn)
         self.connected = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -279,6 +311,8 @@ class RedisCoordinator:
             "pause": _PAUSE,
             "store": _STORE,
             "heartbeat": _HEARTBEAT,
+            "hold": _HOLD,
+            "unhold": _UNHOLD,
         }
         for name, source in scripts.items():
             self._scripts[name] = self._redis.register_script(source)
@@ -355,6 +389,26 @@ class RedisCoordinator:
         h = digest(token)
         self._tokens[h] = token
         await self._registrations.add(self.key("tok", h))
+
+    async def hold(self, key: str) -> None:
+        """Wait for one of the namespace's ``max_in_flight`` slots (no cap: at once)."""
+        if self.max_in_flight is None:
+            return
+        s = self._settings
+        lease = math.ceil((s.task_deadline + 2 * s.request_timeout + 60) * 1000)
+        args = [key, self.max_in_flight, lease]
+        delay = 0.01
+        while not int(await self.script("hold", [self.key("inflight")], args, patient=True)):
+            await asyncio.sleep(delay)  # a slot frees when some process's task ends
+            delay = min(2 * delay, 0.2)
+
+    def unhold(self, key: str) -> None:
+        """Free ``key``'s slot (batched; if this is lost, the slot's lease runs out)."""
+        if self.max_in_flight is not None and self._redis is not None:
+            self._unholds.add_nowait(key)
+
+    async def _unhold_batch(self, keys: list[str]) -> None:
+        await self.script("unhold", [self.key("inflight")], list(keys))
 
     async def _register_batch(self, keys: list[str]) -> None:
         ttl = math.ceil(self._settings.task_deadline + 3600)

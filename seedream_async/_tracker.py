@@ -104,6 +104,7 @@ class Tracker:
         self.downloader = Downloader.for_settings(session, self.settings)
         if self.coordinator.shared:
             self.lifecycle.on_final = self.coordinator.share
+            self.lifecycle.on_slot_freed = self._free_fleet_slot
         if self.receiver is not None:
             self.receiver.attach(self.lifecycle, self.coordinator)
         for task in self.lifecycle.live():  # resumed before the client was open
@@ -159,7 +160,7 @@ class Tracker:
             token = self.new_token()
         # Local images become URLs first (nothing is paid for an upload): createTask only
         # ever sees http(s), and a slow upload never holds an in-flight slot.
-        sendable = await self.uploader.resolve(request)
+        sendable = await self.uploader.resolve(request) if request.local_images else request
         await self.slots.acquire()
         try:
             task = self.lifecycle.queue(request, token, holds_slot=True)
@@ -167,9 +168,13 @@ class Tracker:
             self.slots.release()
             raise
         callback_url = None if task.token is None else self._callback_url(task.token)
-        if task.token is not None and self.coordinator.shared:
-            try:  # the fleet must know the token before its callback can come
-                await self.coordinator.register(task.token)
+        if self.coordinator.shared:
+            try:
+                if task.token is not None:  # known to the fleet before its callback can come
+                    await self.coordinator.register(task.token)
+                key = task.token or secrets.token_urlsafe(12)
+                await self.coordinator.hold(key)  # an account-wide slot, when capped
+                task.fleet_key = key
             except BaseException:
                 self.lifecycle.refused(task)
                 raise
@@ -196,6 +201,10 @@ class Tracker:
             raise
         self._accepted(task, task_id, on_accepted)
         return task
+
+    def _free_fleet_slot(self, task: Task) -> None:
+        if task.fleet_key is not None:
+            self.coordinator.unhold(task.fleet_key)
 
     def resume(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
         """Track a task accepted earlier (even by another process): a fleet's record, or a poll."""

@@ -62,6 +62,7 @@ class Transport:
     """Speaks HTTP to the service for one client: createTask, recordInfo, credit."""
 
     __slots__ = (
+        "_cap",
         "_closed",
         "_create_url",
         "_credit_url",
@@ -102,6 +103,7 @@ class Transport:
             SlidingWindowLimiter(settings.query_rate, settings.query_period),
         )
         self._closed = False
+        self._cap = settings.max_answer_bytes
 
     def close(self) -> None:
         """Send nothing more: queued and future requests raise ``ClientClosed``."""
@@ -219,7 +221,15 @@ class Transport:
             async with self._session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
-                raw = await self._read_capped(resp)
+                length = resp.content_length
+                if (
+                    length is not None
+                    and length <= self._cap
+                    and "Content-Encoding" not in resp.headers
+                ):
+                    raw = await resp.read()  # exactly ``length`` bytes: the common case
+                else:
+                    raw = await self._read_capped(resp)
                 return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError:
             sent = False  # the connection never opened: the service counted nothing
@@ -229,12 +239,10 @@ class Transport:
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """Read an answer, refusing more than ``max_answer_bytes`` (a gzip bomb included)."""
-        cap = self.settings.max_answer_bytes
+        cap = self._cap
         length = resp.content_length
         if length is not None and length > cap:
             raise AnswerTooLarge(f"answer of {length} bytes, over {cap}")
-        if length is not None and "Content-Encoding" not in resp.headers:
-            return await resp.read()  # exactly ``length`` bytes: the fast path
         body = bytearray()
         async for chunk in resp.content.iter_any():
             body += chunk

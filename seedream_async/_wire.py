@@ -92,11 +92,12 @@ class MalformedPayload(ValueError):
 
 def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
     """Encode the createTask JSON body (every image a URL: upload local ones first)."""
-    if request.local_images:
+    urls = [str(u) for u in request.image_urls if isinstance(u, URL)]
+    if len(urls) != len(request.image_urls):
         raise InvalidRequest("image_urls", "local images must be uploaded before createTask")
     task_input: dict[str, Any] = {
         "prompt": request.prompt,
-        "image_urls": [str(u) for u in request.image_urls],
+        "image_urls": urls,
         "aspect_ratio": request.aspect_ratio.value,
         "quality": request.quality.value,
     }

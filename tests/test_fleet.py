@@ -438,3 +438,33 @@ def test_the_cli_runs_a_batch_in_the_fleet(
                "--out", str(tmp_path / "r.jsonl")) == 0  # fmt: skip
     keys = redis.Redis.from_url(redis_server.url).keys(f"{namespace}:*")
     assert any(k.startswith(f"{namespace}:create:".encode()) for k in keys)
+
+
+async def test_an_account_wide_in_flight_cap_holds_across_clients(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    """Each client may have 100 in flight; the namespace allows 3 in all."""
+    sim.config.latency = (0.2, 0.3)
+    clients = [
+        SeedreamClient(
+            API_KEY,
+            base_url=sim.url,
+            settings=FAST,
+            coordinator=RedisCoordinator(redis_server.url, namespace=namespace, max_in_flight=3),
+        )
+        for _ in range(2)
+    ]
+    try:
+        results = await asyncio.gather(
+            *(c.edit(request(10 * i + n)) for i, c in enumerate(clients) for n in range(6))
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert len(results) == 12
+    # The most tasks the service held unfinished at any moment.
+    spans = sorted((t.created, t.created + t.latency) for t in sim.tasks.values())
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most <= 3
+    with pytest.raises(ValueError, match="max_in_flight"):
+        RedisCoordinator(redis_server.url, max_in_flight=0)
