@@ -138,6 +138,16 @@ async def line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
+async def ended(proc: asyncio.subprocess.Process, within: float = 60) -> None:
+    """Wait for a process to exit; one that hangs is killed and named (never a silent hang)."""
+    try:
+        await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        proc.kill()
+        await ended(proc)
+        raise RuntimeError(f"fleet benchmark process {proc.pid} hung; killed") from None
+
+
 def go(*procs: asyncio.subprocess.Process) -> None:
     for proc in procs:
         assert proc.stdin is not None
@@ -158,7 +168,7 @@ async def fleet_rate(
         go(*procs)
         spans = [await line(proc) for proc in procs]
         for proc in procs:
-            await proc.wait()
+            await ended(proc)
         # From the first process starting to the last one done, inside the processes
         # (one machine, one wall clock): their start-up and shutdown are not the limiter's.
         wall = max(s["ended"] for s in spans) - min(s["started"] for s in spans)
@@ -186,10 +196,10 @@ async def fleet_latency(redis: RedisServer, n: int) -> dict[str, Any]:
         owner_args = ["--n", str(n), "--public-url", relay_url]
         owner_proc = await spawn("owner", *common, *owner_args, pinned=False)
         woke = (await line(owner_proc))["woke"]
-        await owner_proc.wait()
+        await ended(owner_proc)
         go(relay_proc)
         arrived = (await line(relay_proc))["arrived"]
-        await relay_proc.wait()
+        await ended(relay_proc)
     gaps = sorted((woke[t] - arrived[t]) * 1000 for t in woke if t in arrived)
     return {
         "n": len(gaps),
@@ -219,7 +229,7 @@ async def fleet_round_trips(redis: RedisServer, n: int, reps: int) -> dict[str, 
                     trips["callback at the owner"] = run["round_trips"] / n
         go(relay_proc)
         await line(relay_proc)
-        await relay_proc.wait()
+        await ended(relay_proc)
     alone, shared = (statistics.median(cpu[v]) for v in ("alone", "redis"))
     return {
         "n": n,
@@ -232,7 +242,7 @@ async def fleet_round_trips(redis: RedisServer, n: int, reps: int) -> dict[str, 
 async def _owner(*argv: str) -> dict[str, Any]:
     proc = await spawn("owner", *argv)
     result = await line(proc)
-    await proc.wait()
+    await ended(proc)
     return result
 
 
