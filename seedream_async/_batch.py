@@ -36,7 +36,7 @@ from ._errors import (
 from ._journal import Entry, Journal, Stage
 from ._lifecycle import Task
 from ._models import EditRequest, EditResult
-from ._tracker import Tracker, result_of
+from ._tracker import Tracker, outcome
 
 
 class Status:
@@ -293,7 +293,7 @@ class BatchRunner:
                 self._journal.forget(slot.index)
             return BatchItem(index=slot.index, request=request, error=e)
         try:
-            result = await result_of(handle)
+            result = outcome(await asyncio.shield(handle.future), handle.request)
         except SeedreamError as e:
             return self._ended(slot, request, e)
         if self._journal:

@@ -52,12 +52,6 @@ def outcome(record: TaskRecord, request: EditRequest | None) -> EditResult:
     )
 
 
-async def result_of(task: Task) -> EditResult:
-    """Wait for ``task`` to end; cancelling this wait never stops tracking it."""
-    record = await asyncio.shield(task.future)
-    return outcome(record, task.request)
-
-
 class Tracker:
     """Submissions and their tasks for one client."""
 
