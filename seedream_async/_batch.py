@@ -37,6 +37,7 @@ from ._journal import Entry, Journal, Stage
 from ._lifecycle import Task
 from ._models import EditRequest, EditResult
 from ._tracker import Tracker, outcome
+from ._uploads import Uploader
 
 
 class Status:
@@ -173,26 +174,7 @@ class BatchRunner:
         self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
     ) -> AsyncIterator[BatchItem]:
         """Yield one item per input, as tasks end (or in input order)."""
-        uploader = self._tracker.uploader
-        assert uploader is not None
-        if self._journal is not None:
-            for sha256, url, at in self._journal.uploads():
-                uploader.remember(sha256, URL(url), at)
-        uploader.listeners.append(self._uploaded)
-        try:
-            async for item in self._run(requests, ordered=ordered):
-                yield item
-        finally:
-            uploader.listeners.remove(self._uploaded)
-
-    def _uploaded(self, sha256: str, url: URL, at: float) -> None:
-        self.progress.uploaded += 1
-        if self._journal is not None:
-            self._journal.uploaded(sha256, url, at)
-
-    async def _run(
-        self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
-    ) -> AsyncIterator[BatchItem]:
+        uploader = self._listen_for_uploads()
         window = self._tracker.settings.max_in_flight
         pull = _puller(requests)
         exhausted = False
@@ -236,7 +218,23 @@ class BatchRunner:
                     yield waiting.pop(next_index)
                     next_index += 1
         finally:
+            uploader.listeners.remove(self._uploaded)
             self._stop()
+
+    def _listen_for_uploads(self) -> Uploader:
+        """Reuse the journal's uploads, and journal (and count) the ones this run makes."""
+        uploader = self._tracker.uploader
+        assert uploader is not None
+        if self._journal is not None:
+            for sha256, url, at in self._journal.uploads():
+                uploader.remember(sha256, URL(url), at)
+        uploader.listeners.append(self._uploaded)
+        return uploader
+
+    def _uploaded(self, sha256: str, url: URL, at: float) -> None:
+        self.progress.uploaded += 1
+        if self._journal is not None:
+            self._journal.uploaded(sha256, url, at)
 
     def _entry(self, index: int, request: object) -> Entry | None:
         """The journal's row for this input; ``JournalMismatch`` if it is another input's."""
