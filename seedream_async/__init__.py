@@ -6,6 +6,9 @@ receiver (polling is the safety net, or the mode where nothing can call back), a
 batches that survive crashes without paying twice.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._batch import BatchItem, BatchProgress
 from ._client import ClientState, SeedreamClient
 from ._config import PollSchedule, Settings
@@ -94,3 +97,8 @@ __all__ = [
     "UploadError",
     "UsageLimitExceeded",
 ]
+
+try:
+    __version__ = _version("seedream-async")
+except _PackageNotFoundError:  # pragma: no cover (running from a tree that is not installed)
+    __version__ = "0+unknown"

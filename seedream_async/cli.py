@@ -26,6 +26,7 @@ from typing import IO, Any, NoReturn
 
 import attrs
 
+from . import __version__
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
 from ._config import API_KEY_ENV, REDIS_URL_ENV, Settings, resolve_api_key, resolve_redis_url
@@ -623,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"seedream-async {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     batch = sub.add_parser("batch", parents=[common], help="edit every request of a manifest")

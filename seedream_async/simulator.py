@@ -15,10 +15,13 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import random
+import struct
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -449,7 +452,11 @@ class Simulator:
         if self.config.file_status != 200:
             return web.Response(status=self.config.file_status, text="file error")
         self.stats.downloads += 1
-        return web.Response(body=fake_png(task.task_id, n, self.config.image_size))
+        ratio = task.request.aspect_ratio.value
+        return web.Response(
+            body=fake_png(task.task_id, n, self.config.image_size, ratio),
+            content_type="image/png",
+        )
 
     # --- uploads ------------------------------------------------------------------------
 
@@ -540,10 +547,32 @@ class Simulator:
         return stored is not None and (ttl is None or time.monotonic() - stored[1] <= ttl)
 
 
-def fake_png(task_id: str, n: int, size: int) -> bytes:
-    """Return deterministic bytes standing for image ``n`` of a task."""
-    head = b"\x89PNG\r\n\x1a\n" + f"{task_id}/{n}".encode()
-    return (head * (size // len(head) + 1))[:size]
+def fake_png(task_id: str, n: int, size: int, aspect_ratio: str = "1:1") -> bytes:
+    """
+    A real, decodable PNG standing for image ``n`` of a task: a small gradient whose shape
+    follows ``aspect_ratio`` (64 pixels on the short side), deterministic per task, padded
+    to ``size`` bytes with a private ancillary chunk that decoders skip.
+    """
+    across, down = (int(x) for x in aspect_ratio.split(":"))
+    scale = 64 / min(across, down)
+    width, height = round(across * scale), round(down * scale)
+    seed = hashlib.sha256(f"{task_id}/{n}".encode()).digest()
+    rows = b"".join(
+        b"\x00"  # filter type: none
+        + bytes((seed[0], (seed[1] + y * 3) % 256, seed[2])) * width  # a vertical gradient
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows))
+    end = _chunk(b"IEND", b"")
+    padding = size - len(png) - len(end) - 12
+    if padding >= 0:
+        png += _chunk(b"seDp", bytes(padding))  # private, safe to copy: decoders skip it
+    return png + end
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _answer(code: int, msg: str, data: object = None) -> web.Response:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import aiohttp
 
-from seedream_async.simulator import SimulatorStats
+import seedream_async
+from seedream_async import EditRequest, EditResult, SeedreamClient, Settings
+from seedream_async.simulator import Simulator, SimulatorConfig, SimulatorStats
 
 
 async def test_served_alone_by_python_m() -> None:
@@ -41,3 +46,38 @@ def test_peak_poll_rate() -> None:
     assert stats.peak_poll_rate(1.0) == 3
     assert stats.peak_poll_rate(0.1) == 2
     assert SimulatorStats().peak_poll_rate() == 0
+
+
+async def test_result_images_are_real_pngs_shaped_like_the_request(tmp_path: Path) -> None:
+    """Pipelines that open the images work: `file` says "PNG image data"."""
+    async with Simulator(SimulatorConfig()) as sim:
+        settings = Settings(allow_private_downloads=True)
+        async with SeedreamClient("k", base_url=sim.url, settings=settings) as client:
+            for ratio, shape in (("1:1", (64, 64)), ("16:9", (114, 64)), ("3:4", (64, 85))):
+                request = EditRequest(
+                    prompt="p", image_urls=["https://a.example/x.png"], aspect_ratio=ratio
+                )
+                task_id = await client.create_task(request)
+                (path,) = await client.download(_result(sim, task_id), tmp_path)
+                data = path.read_bytes()
+                assert data.startswith(b"\x89PNG\r\n\x1a\n")
+                assert data[12:16] == b"IHDR"
+                assert struct.unpack(">II", data[16:24]) == shape
+                assert len(data) == sim.config.image_size
+                assert zlib.crc32(data[12:29]) == struct.unpack(">I", data[29:33])[0]
+
+
+def _result(sim: Simulator, task_id: str) -> EditResult:
+    record = sim.record(task_id)
+    return EditResult(task_id=task_id, urls=record.result_urls, record=record)
+
+
+def test_version() -> None:
+    assert seedream_async.__version__ != "0+unknown"
+    out = subprocess.run(
+        [sys.executable, "-m", "seedream_async.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"seedream-async {seedream_async.__version__}"
