@@ -197,13 +197,10 @@ class CallbackReceiver:
             except (ConnectionError, web.HTTPException):
                 return _response(Reply.error(400, "incomplete body"))  # the peer hung up
         token = request.match_info["token"]
-        verdict = self._judge(request.method, token, body, request.headers)
-        if isinstance(verdict, Reply):
-            return _response(verdict)
-        reply = self._offer(token, *verdict)
-        if reply.status == 404 and self._coordinator is not None and self._coordinator.shared:
-            reply = await self._route(token, *verdict)  # another process's task
-        return _response(reply)
+        here = self._here(request.method, token, body, request.headers)
+        if not isinstance(here, Reply):
+            here = await self._route(token, *here)  # inline: no extra coroutine per callback
+        return _response(here)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """Read at most ``max_body`` bytes, whatever the app around us allows."""
@@ -221,10 +218,8 @@ class CallbackReceiver:
         ``headers`` may use any case (ASGI frameworks hand them over lower-cased). With a
         fleet coordinator, use ``ahandle``: a token another process issued needs Redis.
         """
-        verdict = self._judge(method, token, body, headers)
-        if isinstance(verdict, Reply):
-            return verdict
-        return self._offer(token, *verdict)
+        here = self._here(method, token, body, headers)
+        return here if isinstance(here, Reply) else Reply.error(404, "unknown callback")
 
     async def ahandle(
         self, method: str, token: str, body: bytes, headers: Mapping[str, str]
@@ -234,13 +229,23 @@ class CallbackReceiver:
         the process that does (through the fleet's coordinator): 503 if that cannot be done
         now, so the service tries again.
         """
+        here = self._here(method, token, body, headers)
+        return here if isinstance(here, Reply) else await self._route(token, *here)
+
+    def _here(
+        self, method: str, token: str, body: bytes, headers: Mapping[str, str]
+    ) -> Reply | tuple[TaskRecord, str | None]:
+        """The reply of this process; or, for a valid callback for a token another process
+        of the fleet may hold, the record and signature to route there."""
         verdict = self._judge(method, token, body, headers)
         if isinstance(verdict, Reply):
             return verdict
-        reply = self._offer(token, *verdict)
-        if reply.status != 404 or self._coordinator is None or not self._coordinator.shared:
-            return reply
-        return await self._route(token, *verdict)
+        assert self._lifecycle is not None  # _judge answered 503 otherwise
+        offer = self._lifecycle.offer(token, verdict[0])
+        fleet = self._coordinator is not None and self._coordinator.shared
+        if offer is Offer.UNKNOWN_TOKEN and fleet:
+            return verdict
+        return self._reply(offer, token, verdict[1])
 
     async def _route(self, token: str, record: TaskRecord, signature: str | None) -> Reply:
         """Hand a valid callback for a token this process does not hold to the fleet."""
@@ -280,11 +285,6 @@ class CallbackReceiver:
         if signature is not None and self._replayed(signature, token):
             return _OK  # the same delivery again: already accepted
         return record, signature
-
-    def _offer(self, token: str, record: TaskRecord, signature: str | None) -> Reply:
-        if self._lifecycle is None:
-            return Reply.error(503, "not ready")
-        return self._reply(self._lifecycle.offer(token, record), token, signature)
 
     def _reply(self, offer: Offer, token: str, signature: str | None) -> Reply:
         if offer is Offer.UNKNOWN_TOKEN:

@@ -144,20 +144,6 @@ end
 return 1
 """
 
-# KEYS: channel. ARGV: ttl seconds, then (token record key or '', task record key, record,
-# message) per record: keep each final record learned here, publish the new ones.
-_SHARE = """
-for i = 2, #ARGV, 4 do
-  local fresh = false
-  if ARGV[i] ~= '' and redis.call('SET', ARGV[i], ARGV[i + 2], 'NX', 'EX', ARGV[1]) then
-    fresh = true
-  end
-  if redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'NX', 'EX', ARGV[1]) then fresh = true end
-  if fresh then redis.call('PUBLISH', KEYS[1], ARGV[i + 3]) end
-end
-return 1
-"""
-
 # KEYS: pause. ARGV: milliseconds. The longest pause wins.
 _PAUSE = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
@@ -176,16 +162,19 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS: channel. ARGV: ttl s, then per callback (token key, token record, task record,
-# record, message). A token must have been issued in the namespace. Per callback: 404
-# unknown, 208 duplicate, 200 stored and published.
+# KEYS: channel. ARGV: ttl s, then per record (token key or '', token record key or '', task
+# record key, record, message). A non-empty token key must exist (the token was issued in the
+# namespace). Per record: 404 unknown token, 208 already stored, 200 stored and published.
 _STORE = """
 local answers = {}
 for i = 2, #ARGV, 5 do
   local answer = 404
-  if redis.call('EXISTS', ARGV[i]) == 1 then
+  if ARGV[i] == '' or redis.call('EXISTS', ARGV[i]) == 1 then
     answer = 208
-    local fresh = redis.call('SET', ARGV[i + 1], ARGV[i + 3], 'NX', 'EX', ARGV[1])
+    local fresh = false
+    if ARGV[i + 1] ~= '' and redis.call('SET', ARGV[i + 1], ARGV[i + 3], 'NX', 'EX', ARGV[1]) then
+      fresh = true
+    end
     if redis.call('SET', ARGV[i + 2], ARGV[i + 3], 'NX', 'EX', ARGV[1]) then fresh = true end
     if fresh then
       redis.call('PUBLISH', KEYS[1], ARGV[i + 4])
@@ -267,9 +256,9 @@ class RedisCoordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._scripts: dict[str, Any] = {}
         self._registrations: Batch[str, None] = Batch(self._register_batch, self.spawn)
-        self._shares: Batch[tuple[str, str, str, str], None] = Batch(self._share_batch, self.spawn)
-        self._deliveries: Batch[tuple[str, str, str, str, str], int] = Batch(
-            self._deliver_batch, self.spawn
+        #: Final records to keep and publish: callbacks routed here, and records learned here.
+        self._stores: Batch[tuple[str, str, str, str, str], int] = Batch(
+            self._store_batch, self.spawn
         )
         self._unholds: Batch[str, None] = Batch(self._unhold_batch, self.spawn)
         self.connected = asyncio.Event()
@@ -307,7 +296,6 @@ class RedisCoordinator:
             "acquire": _ACQUIRE,
             "release": _RELEASE,
             "register": _REGISTER,
-            "share": _SHARE,
             "pause": _PAUSE,
             "store": _STORE,
             "heartbeat": _HEARTBEAT,
@@ -419,37 +407,38 @@ class RedisCoordinator:
 
         Callbacks arriving in the same loop tick go in one round trip.
         """
-        h = digest(token)
-        wire = json.dumps(record_to_wire(record), separators=(",", ":"))
-        message = json.dumps({"h": h, "id": record.task_id, "r": wire}, separators=(",", ":"))
-        keys = (self.key("tok", h), self.key("tokrec", h), self.key("task", record.task_id))
-        answer = await self._deliveries.add((*keys, wire, message))
+        answer = await self._stores.add(self._store_item(digest(token), record, issued=True))
         if answer == 404:
             return Offer.UNKNOWN_TOKEN
         return Offer.DUPLICATE if answer == 208 else Offer.ACCEPTED
-
-    async def _deliver_batch(self, callbacks: list[tuple[str, str, str, str, str]]) -> list[int]:
-        args: list[Any] = [math.ceil(self.result_ttl)]
-        for callback in callbacks:
-            args.extend(callback)
-        answers = await self.script("store", [self.key("results")], args)
-        return [int(a) for a in answers]
 
     def share(self, task: Task, record: TaskRecord) -> None:
         """Keep a final record learned here for the namespace (batched, in the background)."""
         if self._resolving or self._redis is None:
             return  # it came from Redis: already there
         h = digest(task.token) if task.token is not None else None
+        self._stores.add_nowait(self._store_item(h, record, issued=False))
+
+    def _store_item(
+        self, h: str | None, record: TaskRecord, *, issued: bool
+    ) -> tuple[str, str, str, str, str]:
+        """One record for the store script; ``issued``: its token must exist in Redis."""
         wire = json.dumps(record_to_wire(record), separators=(",", ":"))
         message = json.dumps({"h": h or "", "id": record.task_id, "r": wire}, separators=(",", ":"))
-        token_key = self.key("tokrec", h) if h else ""
-        self._shares.add_nowait((token_key, self.key("task", record.task_id), wire, message))
+        return (
+            self.key("tok", h) if h and issued else "",
+            self.key("tokrec", h) if h else "",
+            self.key("task", record.task_id),
+            wire,
+            message,
+        )
 
-    async def _share_batch(self, records: list[tuple[str, str, str, str]]) -> None:
+    async def _store_batch(self, records: list[tuple[str, str, str, str, str]]) -> list[int]:
         args: list[Any] = [math.ceil(self.result_ttl)]
         for record in records:
             args.extend(record)
-        await self.script("share", [self.key("results")], args)
+        answers = await self.script("store", [self.key("results")], args)
+        return [int(a) for a in answers]
 
     async def stored(
         self, *, task_id: str | None = None, token: str | None = None
