@@ -49,11 +49,12 @@ from ._models import (
     TaskRecord,
     TaskState,
 )
-from ._receiver import CallbackReceiver, Reply
+from ._receiver import AsgiApp, CallbackReceiver, Reply
 from ._redis import RedisCoordinator
 
 __all__ = [
     "ApiError",
+    "AsgiApp",
     "AspectRatio",
     "AuthenticationError",
     "BatchItem",

@@ -199,6 +199,8 @@ class Watcher(Protocol):
 
     def forget(self, task: Task) -> None: ...
 
+    def callbacks_stopped(self) -> None: ...
+
 
 class _NoWatcher:
     """Stands in until the poller exists (and in pure tests of the state machine)."""
@@ -210,6 +212,9 @@ class _NoWatcher:
         pass
 
     def forget(self, task: Task) -> None:
+        pass
+
+    def callbacks_stopped(self) -> None:
         pass
 
 
@@ -435,6 +440,22 @@ class Lifecycle:
         """A collaborator died: end every live task with ``error`` rather than let it hang."""
         for task in self.live():
             self._end(task, Event.FATAL_ANSWER, error=error)
+
+    def callbacks_stopped(self) -> None:
+        """
+        The receiver stopped listening: poll every accepted task now, and from now on as in
+        polling mode. A task whose createTask answer was lost has no id to poll; it keeps
+        waiting for a callback (in a fleet another replica may still receive it) until its
+        deadline.
+        """
+        if not self.callbacks:
+            return
+        self.callbacks = False
+        self.confirm_callbacks = False
+        self.watcher.callbacks_stopped()
+        for task in self.live():
+            if task.phase is Phase.ACCEPTED and task.task_id is not None:
+                self.watcher.poll_soon(task)
 
     def close(self) -> None:
         """The client closes: every live task fails with ``ClientClosed``; nothing new starts."""

@@ -88,6 +88,10 @@ class Poller:
         if due < task.due:
             self._push(task, due)
 
+    def callbacks_stopped(self) -> None:
+        """No callback can arrive any more: poll on the vendor's schedule from now on."""
+        self.safety_net = False
+
     def forget(self, task: Task) -> None:
         """A watched task ended; compact the heap when it is mostly stale."""
         self._last_poll.pop(task, None)

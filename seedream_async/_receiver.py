@@ -17,7 +17,8 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -60,9 +61,10 @@ class CallbackReceiver:
 
     Give it to ``SeedreamClient(callbacks=...)``. ``public_url`` is what the service must
     call (a tunnel or load balancer); by default the bound address. To serve it from an
-    existing aiohttp app instead, pass ``host=None`` and the ``public_url`` of the mount
-    point, and mount ``receiver.app`` there (``add_subapp``); other frameworks call
-    ``handle()``. A body must arrive within ``body_timeout`` seconds.
+    existing app instead, pass ``host=None`` and the ``public_url`` of that app, and mount
+    ``receiver.app`` (aiohttp, ``add_subapp``) or ``receiver.asgi_app()`` (Starlette,
+    FastAPI, Litestar, any ASGI server) at ``receiver.path``; anything else calls
+    ``ahandle()``. A body must arrive within ``body_timeout`` seconds.
     """
 
     def __init__(
@@ -102,10 +104,14 @@ class CallbackReceiver:
         #: (signature, token) of accepted callbacks -> monotonic time it may be forgotten.
         self._seen_signatures: dict[tuple[str, str], float] = {}
         self._lifecycle: Lifecycle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
         self._coordinator: Coordinator | None = None
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_route("*", self.path + "/{token}", self._aiohttp_handler)
+        # Mounted in someone's aiohttp app: once it shuts down, nothing can call back.
+        self.app.on_shutdown.append(self._app_shutting_down)
 
     def __repr__(self) -> str:
         signed = self._hmac_key is not None
@@ -148,11 +154,63 @@ class CallbackReceiver:
             raise InvalidRequest("callbacks", "this receiver already serves another client")
         self._lifecycle = lifecycle
         self._coordinator = coordinator
+        self._loop = asyncio.get_running_loop()
+        if self._stopped:
+            lifecycle.callbacks_stopped()
 
     def detach(self, lifecycle: Lifecycle) -> None:
         """Stop resolving tasks of ``lifecycle``."""
         if self._lifecycle is lifecycle:
             self._lifecycle = None
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop_callbacks()`` was called: callbacks can no longer arrive."""
+        return self._stopped
+
+    def stop_callbacks(self) -> None:
+        """
+        The server in front of this receiver stopped taking requests (a graceful shutdown).
+
+        No callback can arrive any more, so the client polls every waiting task at once
+        (instead of after its safety-poll delay) and polls new submissions as in polling
+        mode. A mounted aiohttp app calls this on its own ``on_shutdown``; with an ASGI
+        server, call it when the server begins to shut down (see the README). Safe to call
+        from a signal handler or another thread: the work is done on the client's event
+        loop. Idempotent.
+        """
+        self._stopped = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.call_soon(self._stop_now)  # never inside whatever a signal interrupted
+        else:
+            loop.call_soon_threadsafe(self._stop_now)
+
+    def _stop_now(self) -> None:
+        self._stopped = True
+        if self._lifecycle is not None:
+            self._lifecycle.callbacks_stopped()
+
+    async def _app_shutting_down(self, _app: web.Application) -> None:
+        if self._runner is None:  # our own server stops only when the client closes
+            self._stop_now()
+
+    def asgi_app(self) -> AsgiApp:
+        """
+        This receiver as an ASGI application, to mount at ``self.path``.
+
+        For example ``fastapi_app.mount(receiver.path, receiver.asgi_app())``, with
+        ``CallbackReceiver(host=None, public_url=<the URL the app is reached at>)``. The
+        token is the last segment of the request path. It judges as ``ahandle()`` does, with
+        the same bounded body read (``max_body``, ``body_timeout``); no input makes a 500.
+        """
+        return AsgiApp(self)
 
     async def start(self) -> URL:
         """Serve on ``host:port``; return the public URL."""
@@ -319,6 +377,86 @@ class CallbackReceiver:
             for old in [key for key, until in seen.items() if until < now]:
                 del seen[old]
         seen[signature, token] = now + 2 * self.signature_window
+
+
+AsgiScope = MutableMapping[str, Any]
+AsgiReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+AsgiSend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class AsgiApp:
+    """A ``CallbackReceiver`` as an ASGI 3 application (``receiver.asgi_app()``)."""
+
+    def __init__(self, receiver: CallbackReceiver) -> None:
+        self.receiver = receiver
+
+    async def __call__(self, scope: AsgiScope, receive: AsgiReceive, send: AsgiSend) -> None:
+        """Serve one ASGI connection: HTTP callbacks; lifespan and websockets politely."""
+        kind = scope["type"]
+        if kind == "lifespan":  # run as the whole app: nothing to set up
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            self.receiver._stop_now()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if kind != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        reply = await self._judge(scope, receive)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(reply.body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _judge(self, scope: AsgiScope, receive: AsgiReceive) -> Reply:
+        receiver = self.receiver
+        method = str(scope.get("method", ""))
+        path = str(scope.get("path", ""))
+        token = path.rstrip("/").rpartition("/")[2] if "/" in path else ""
+        if not token:
+            return Reply.error(404, "unknown callback")
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
+        body = b""
+        if method == "POST":
+            try:
+                length = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                return Reply.error(400, "bad content-length")
+            if length > receiver.max_body:
+                return Reply.error(413, "body too large")
+            try:
+                async with asyncio.timeout(receiver.body_timeout):
+                    body = await self._read_body(receive)
+            except _TooLarge:
+                return Reply.error(413, "body too large")
+            except TimeoutError:
+                return Reply.error(408, "body too slow")
+            except ConnectionError:
+                return Reply.error(400, "incomplete body")
+        return await receiver.ahandle(method, token, body, headers)
+
+    async def _read_body(self, receive: AsgiReceive) -> bytes:
+        limit = self.receiver.max_body
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionError("the peer hung up")
+            chunk = message.get("body", b"")
+            body += chunk if isinstance(chunk, bytes | bytearray) else b""
+            if len(body) > limit:
+                raise _TooLarge
+            if not message.get("more_body", False):
+                return bytes(body)
 
 
 def _response(reply: Reply) -> web.Response:

@@ -128,7 +128,9 @@ class Tracker:
 
     def new_token(self) -> str | None:
         """A fresh callback token, or None when nothing can call back."""
-        return secrets.token_urlsafe(18) if self.receiver is not None else None
+        if self.receiver is None or not self.lifecycle.callbacks:
+            return None  # nothing can call back (or no longer: the receiver stopped)
+        return secrets.token_urlsafe(18)
 
     # --- submitting ---------------------------------------------------------------------
 
