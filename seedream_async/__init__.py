@@ -49,8 +49,21 @@ from ._models import (
     TaskRecord,
     TaskState,
 )
+from ._otel import OpenTelemetryHook
 from ._receiver import AsgiApp, CallbackReceiver, Reply
 from ._redis import RedisCoordinator
+from ._telemetry import (
+    EditAccepted,
+    EditAnswerLost,
+    EditEnded,
+    EditEvent,
+    EditQueued,
+    EditSent,
+    Hook,
+    ImagesDownloaded,
+    RateLimitHit,
+    TelemetryEvent,
+)
 
 __all__ = [
     "ApiError",
@@ -65,10 +78,18 @@ __all__ = [
     "Coordinator",
     "CoordinatorUnavailable",
     "DownloadError",
+    "EditAccepted",
+    "EditAnswerLost",
+    "EditEnded",
+    "EditEvent",
+    "EditQueued",
     "EditRequest",
     "EditResult",
+    "EditSent",
     "ExtraNotInstalled",
     "FeatureDisabled",
+    "Hook",
+    "ImagesDownloaded",
     "InsufficientCredits",
     "InvalidRequest",
     "JournalBusy",
@@ -77,8 +98,10 @@ __all__ = [
     "LocalCoordinator",
     "LocalImage",
     "NotFound",
+    "OpenTelemetryHook",
     "PollSchedule",
     "Quality",
+    "RateLimitHit",
     "RateLimited",
     "ReceiverError",
     "RedisCoordinator",
@@ -95,6 +118,7 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "TaskTimeout",
+    "TelemetryEvent",
     "UploadError",
     "UsageLimitExceeded",
 ]

@@ -30,6 +30,7 @@ from ._models import (
     request_from,
 )
 from ._receiver import CallbackReceiver
+from ._telemetry import Hook, Telemetry
 from ._tracker import Tracker, check_token
 from ._transport import Transport
 from ._uploads import Uploader
@@ -52,7 +53,8 @@ class SeedreamClient:
     ``aclose()``. With ``callbacks=CallbackReceiver(...)`` tasks are resolved by the
     service's callbacks (polling is the safety net); without, by polling. With
     ``coordinator=RedisCoordinator(...)`` every client of one Redis namespace shares the
-    account's limits, callbacks and results.
+    account's limits, callbacks and results. ``hooks`` receive a typed event for every
+    step of every edit (``TelemetryEvent``); ``OpenTelemetryHook`` is one.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class SeedreamClient:
         settings: Settings | None = None,
         max_in_flight: int | None = None,
         coordinator: Coordinator | None = None,
+        hooks: Iterable[Hook] = (),
     ) -> None:
         settings = settings or Settings()
         if max_in_flight is not None:
@@ -79,7 +82,7 @@ class SeedreamClient:
         self._state = ClientState.UNOPENED
         self._start_lock = asyncio.Lock()
         self._coordinator: Coordinator = coordinator or LocalCoordinator()
-        self._tracker = Tracker(settings, callbacks, self._coordinator)
+        self._tracker = Tracker(settings, callbacks, self._coordinator, Telemetry(hooks))
 
     def __repr__(self) -> str:
         mode = "callbacks" if self._receiver is not None else "polling"
@@ -141,7 +144,12 @@ class SeedreamClient:
             await self._coordinator.start(self._tracker.lifecycle)
             limiters = self._coordinator.limiters(self.settings)
             transport = Transport(
-                session, self.base_url, self._api_key, self.settings, limiters=limiters
+                session,
+                self.base_url,
+                self._api_key,
+                self.settings,
+                limiters=limiters,
+                telemetry=self._tracker.telemetry,
             )
             uploader = Uploader(session, self.base_url, self._api_key, self.settings)
             self._tracker.start(transport, session, uploader)

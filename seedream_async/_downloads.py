@@ -29,6 +29,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from yarl import URL
 
 from ._config import Settings
 from ._errors import DownloadError
+from ._telemetry import ImagesDownloaded, Telemetry
 from ._transport import backoff_delay
 
 IMAGE_SUFFIXES = frozenset((".png", ".jpg", ".jpeg", ".webp", ".gif"))
@@ -129,8 +131,10 @@ class Downloader:
         max_bytes: int = 64 * 1024 * 1024,
         owns_session: bool = False,
         refuse: Policy = refusal,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._session = session
+        self.telemetry = telemetry or Telemetry()
         self._refuse = refuse
         self._owns_session = owns_session
         self._settings = settings
@@ -142,14 +146,19 @@ class Downloader:
 
     @classmethod
     def for_settings(
-        cls, shared: aiohttp.ClientSession, settings: Settings, *, refuse: Policy = refusal
+        cls,
+        shared: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        refuse: Policy = refusal,
+        telemetry: Telemetry | None = None,
     ) -> Downloader:
         """A downloader that, unless private downloads are allowed, has its own guarded pool."""
         if settings.allow_private_downloads:
-            return cls(shared, settings)
+            return cls(shared, settings, telemetry=telemetry)
         connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(refuse), limit=16)
         session = aiohttp.ClientSession(connector=connector)
-        return cls(session, settings, owns_session=True, refuse=refuse)
+        return cls(session, settings, owns_session=True, refuse=refuse, telemetry=telemetry)
 
     async def aclose(self) -> None:
         """Close the guarded pool this downloader made (never a shared session)."""
@@ -160,6 +169,22 @@ class Downloader:
         self, urls: tuple[URL, ...], directory: Path, stem: str, *, owner: str
     ) -> list[Path]:
         """Download every image of ``owner``'s result as ``{stem}_{n}{suffix}``."""
+        if not self.telemetry.active:
+            return await self._fetch_all(urls, directory, stem, owner=owner)
+        started = time.monotonic()
+        try:
+            paths = await self._fetch_all(urls, directory, stem, owner=owner)
+        except DownloadError as e:
+            took = time.monotonic() - started
+            self.telemetry.emit(ImagesDownloaded(task_id=owner, seconds=took, error=e))
+            raise
+        took = time.monotonic() - started
+        self.telemetry.emit(ImagesDownloaded(task_id=owner, paths=tuple(paths), seconds=took))
+        return paths
+
+    async def _fetch_all(
+        self, urls: tuple[URL, ...], directory: Path, stem: str, *, owner: str
+    ) -> list[Path]:
         stem = safe_stem(stem)
         try:
             directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a local mkdir is µs)

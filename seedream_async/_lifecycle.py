@@ -24,6 +24,7 @@ Collaborators only report events; this module alone decides what they mean::
 
 Collaborators: the submitter (``_tracker``) reports send/accepted/refused/lost; the
 receiver offers callbacks; the poller (a ``Watcher``) reports poll answers and deadlines.
+Each step is reported to the client's ``Telemetry`` (hooks, INFO logs) when anyone listens.
 """
 
 from __future__ import annotations
@@ -45,10 +46,21 @@ from ._errors import (
     SeedreamError,
     ServerError,
     SubmissionUnknown,
+    TaskFailed,
     TaskTimeout,
 )
 from ._limits import Slots
-from ._models import EditRequest, TaskRecord
+from ._models import EditRequest, TaskRecord, TaskState
+from ._telemetry import (
+    EditAccepted,
+    EditAnswerLost,
+    EditEnded,
+    EditQueued,
+    EditSent,
+    Outcome,
+    Telemetry,
+    Via,
+)
 
 log = logging.getLogger("seedream_async")
 
@@ -75,6 +87,12 @@ class Phase(enum.Enum):
 
 
 _FINAL = frozenset((Phase.RESOLVED, Phase.FAILED, Phase.EXPIRED, Phase.DROPPED))
+_OUTCOMES: dict[Phase, Outcome] = {
+    Phase.RESOLVED: "resolved",
+    Phase.FAILED: "failed",
+    Phase.EXPIRED: "expired",
+    Phase.DROPPED: "dropped",
+}
 
 
 class Event(enum.Enum):
@@ -228,8 +246,10 @@ class Lifecycle:
         *,
         callbacks: bool,
         confirm_callbacks: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry()
         self.slots = slots
         #: A callback can reach us, so a lost createTask answer may still be told.
         self.callbacks = callbacks
@@ -254,6 +274,8 @@ class Lifecycle:
         task = self._new(request, token=token, task_id=None, holds_slot=holds_slot)
         if holds_slot:
             self.in_flight += 1
+        if self.telemetry.active:
+            self.telemetry.emit(EditQueued(edit=id(task), request=request))
         return task
 
     def attach(
@@ -266,6 +288,8 @@ class Lifecycle:
         task = self._new(request, token=token, task_id=task_id, holds_slot=False)
         task.phase = Phase.ACCEPTED
         self._start_clocks(task, self._now())
+        if self.telemetry.active:
+            self.telemetry.emit(EditAccepted(edit=id(task), task_id=task_id))
         self.watcher.watch(task, poll_now=poll_now)
         return task
 
@@ -317,6 +341,8 @@ class Lifecycle:
         self._refuse_if_closed()
         if self._move(task, Event.SEND) is not None:
             task.sent_at = self._now()
+            if self.telemetry.active:
+                self.telemetry.emit(EditSent(edit=id(task)))
 
     def accepted(self, task: Task, task_id: str) -> None:
         """The service answered createTask with ``task_id``: start the clocks and watch it."""
@@ -328,7 +354,11 @@ class Lifecycle:
         self._bind(task, task_id)
         if self._move(task, Event.ACCEPTED) is None:
             return  # already resolved by an early callback
-        self._start_clocks(task, self._now())
+        now = self._now()
+        self._start_clocks(task, now)
+        if self.telemetry.active:
+            took = now - task.sent_at
+            self.telemetry.emit(EditAccepted(edit=id(task), task_id=task_id, create_seconds=took))
         self.watcher.watch(task, poll_now=task.recheck)
 
     def refused(self, task: Task) -> None:
@@ -336,6 +366,8 @@ class Lifecycle:
         if self._move(task, Event.REFUSED) is not None:
             task.future.cancel()
             self._finished_with(task)
+            if self.telemetry.active:
+                self.telemetry.emit(EditEnded(edit=id(task), outcome="dropped"))
 
     def answer_lost(self, task: Task, error: SubmissionUnknown) -> None:
         """createTask went out and its answer was lost: wait for a callback to tell."""
@@ -348,6 +380,8 @@ class Lifecycle:
             return
         if self._move(task, Event.ANSWER_LOST) is None:
             return
+        if self.telemetry.active:
+            self.telemetry.emit(EditAnswerLost(edit=id(task)))
         task.unknown = error
         self._start_clocks(task, task.sent_at)
         self.watcher.watch(task)
@@ -361,8 +395,8 @@ class Lifecycle:
             return task.task_id
         return self._finished.get(token) or None
 
-    def offer(self, token: str, record: TaskRecord) -> Offer:
-        """Judge a callback for ``token``."""
+    def offer(self, token: str, record: TaskRecord, *, via: Via = "callback") -> Offer:
+        """Judge a callback for ``token`` (``via``: who delivered it, for telemetry)."""
         task = self._by_token.get(token)
         if task is None:
             finished = self._finished.get(token)
@@ -390,13 +424,18 @@ class Lifecycle:
             if task.phase is not Phase.SENDING:
                 self.watcher.poll_soon(task)
             return Offer.ACCEPTED
-        self._end(task, Event.FINAL_RECORD, record=record)
+        self._end(task, Event.FINAL_RECORD, record=record, via=via)
         return Offer.ACCEPTED
 
     # --- what the poller reports ----------------------------------------------------------------
 
     def poll_answer(
-        self, task: Task, record: TaskRecord | None, error: BaseException | None
+        self,
+        task: Task,
+        record: TaskRecord | None,
+        error: BaseException | None,
+        *,
+        via: Via = "poll",
     ) -> bool:
         """Judge one poll's answer; return True while the task should be polled again."""
         if task.done:
@@ -409,7 +448,7 @@ class Lifecycle:
                 )
                 return True
             if record.is_final:
-                self._end(task, Event.FINAL_RECORD, record=record)
+                self._end(task, Event.FINAL_RECORD, record=record, via=via)
                 return False
             if record.raw_state != record.state.value:
                 log.warning("task %s has unknown state %r", task.task_id, record.raw_state)
@@ -422,7 +461,7 @@ class Lifecycle:
             return True
         elif not isinstance(error, ApiError):
             error = _internal(error, task)
-        self._end(task, Event.FATAL_ANSWER, error=error)
+        self._end(task, Event.FATAL_ANSWER, error=error, via=via)
         return False
 
     def expire(self, task: Task) -> None:
@@ -482,9 +521,12 @@ class Lifecycle:
         *,
         record: TaskRecord | None = None,
         error: BaseException | None = None,
+        via: Via | None = None,
     ) -> None:
         if self._move(task, event) is None:
             return
+        if self.telemetry.active:
+            self._report_end(task, record, error, via)
         if record is not None:
             task.future.set_result(record)
             if self.on_final is not None:
@@ -494,6 +536,38 @@ class Lifecycle:
             task.future.set_exception(error)
             task.future.exception()  # a cancelled caller never awaits it: mark it retrieved
         self._finished_with(task)
+
+    def _report_end(
+        self,
+        task: Task,
+        record: TaskRecord | None,
+        error: BaseException | None,
+        via: Via | None,
+    ) -> None:
+        """Report the outcome once the awaiting code had its turn (the wake latency)."""
+        loop = asyncio.get_running_loop()
+        ended = loop.time()
+        outcome: Outcome = _OUTCOMES[task.phase]
+        if record is not None and record.state is not TaskState.SUCCESS:
+            outcome = "failed"  # the service ran it and it failed: the caller gets TaskFailed
+            error = TaskFailed(record.task_id, record.fail_code, record.fail_msg)
+        edit, task_id, telemetry = id(task), task.task_id, self.telemetry
+
+        def report(_: object) -> None:
+            telemetry.emit(
+                EditEnded(
+                    edit=edit,
+                    task_id=task_id,
+                    outcome=outcome,
+                    via=via,
+                    record=record,
+                    error=error,
+                    wake_seconds=loop.time() - ended,
+                )
+            )
+
+        # Added after the waiter's own wake-up, so it runs right after the waiter resumed.
+        task.future.add_done_callback(report)
 
     def _finished_with(self, task: Task) -> None:
         if task.holds_slot:

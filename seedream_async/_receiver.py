@@ -154,7 +154,10 @@ class CallbackReceiver:
             raise InvalidRequest("callbacks", "this receiver already serves another client")
         self._lifecycle = lifecycle
         self._coordinator = coordinator
-        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # attached outside a loop (a synchronous test of ``handle``)
+            self._loop = None
         if self._stopped:
             lifecycle.callbacks_stopped()
 

@@ -521,9 +521,9 @@ class RedisCoordinator:
         self._resolving = True
         try:
             if token is not None and lifecycle.has_token(token):
-                lifecycle.offer(token, record)
+                lifecycle.offer(token, record, via="fleet")
             elif (task := lifecycle.get_task(task_id)) is not None:
-                lifecycle.poll_answer(task, record, None)
+                lifecycle.poll_answer(task, record, None, via="fleet")
         finally:
             self._resolving = False
 

@@ -28,6 +28,7 @@ from ._limits import Slots
 from ._models import EditRequest, EditResult, TaskRecord, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
+from ._telemetry import Telemetry
 from ._transport import Transport
 from ._uploads import Uploader
 
@@ -60,14 +61,20 @@ class Tracker:
         settings: Settings,
         receiver: CallbackReceiver | None,
         coordinator: Coordinator | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry()
         self.receiver = receiver
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.slots = Slots(settings.max_in_flight)
         confirm = receiver is not None and receiver.confirm_with_record_info
         self.lifecycle = Lifecycle(
-            settings, self.slots, callbacks=receiver is not None, confirm_callbacks=confirm
+            settings,
+            self.slots,
+            callbacks=receiver is not None,
+            confirm_callbacks=confirm,
+            telemetry=self.telemetry,
         )
         self.transport: Transport | None = None
         self.uploader: Uploader | None = None
@@ -95,7 +102,7 @@ class Tracker:
             safety_net=self.receiver is not None,
             coordinator=self.coordinator,
         )
-        self.downloader = Downloader.for_settings(session, self.settings)
+        self.downloader = Downloader.for_settings(session, self.settings, telemetry=self.telemetry)
         if self.coordinator.shared:
             self.lifecycle.on_final = self.coordinator.share
             self.lifecycle.on_slot_freed = self._free_fleet_slot

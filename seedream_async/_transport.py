@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._limits import Limiter, SlidingWindowLimiter
 from ._models import EditRequest, TaskRecord
+from ._telemetry import RateLimitHit, Telemetry
 from ._wire import (
     MalformedPayload,
     create_task_body,
@@ -73,6 +74,7 @@ class Transport:
         "create_limiter",
         "query_limiter",
         "settings",
+        "telemetry",
     )
 
     def __init__(
@@ -83,8 +85,10 @@ class Transport:
         settings: Settings,
         *,
         limiters: tuple[Limiter, Limiter] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._session = session
+        self.telemetry = telemetry or Telemetry()
         self.settings = settings
         self._headers = {
             "Authorization": f"Bearer {api_key}",
@@ -254,7 +258,8 @@ class Transport:
         delay = e.retry_after
         if delay is None:
             delay = backoff_delay(self.settings, attempt)
-        log.info("%s rate limited; pausing that pipeline for %.2f s", e.endpoint, delay)
+        if self.telemetry.active:  # logged at INFO too, as seedream_async.tasks
+            self.telemetry.emit(RateLimitHit(endpoint=e.endpoint or "?", pause=delay))
         limiter.pause_until(asyncio.get_running_loop().time() + delay)
 
     def _resubmit(self, attempt: int) -> bool:

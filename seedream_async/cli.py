@@ -616,7 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="seedream",
         help="the account's namespace in Redis (default seedream)",
     )
-    group.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each task's steps at INFO (submitted, accepted, resolved, downloaded)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="seedream-async",
@@ -625,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"seedream-async {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbose_first",
+        action="store_true",
+        help="log each task's steps at INFO (also accepted after the command)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     batch = sub.add_parser("batch", parents=[common], help="edit every request of a manifest")
@@ -699,9 +711,28 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script."""
     args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or args.verbose_first
     if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        _log_to_stderr()
     sys.exit(run(args))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now: above the live progress bar, not through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
+def _log_to_stderr() -> None:
+    """``-v``: the SDK's INFO lines (never a key or a token) on stderr; once per process."""
+    logger = logging.getLogger("seedream_async")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from seedream_async import CallbackReceiver, EditRequest, PollSchedule, SeedreamClient, Settings
+from seedream_async import (
+    CallbackReceiver,
+    EditRequest,
+    Hook,
+    PollSchedule,
+    SeedreamClient,
+    Settings,
+)
 from seedream_async.simulator import Simulator, SimulatorConfig
 from tests.redis_server import RedisServer
 
@@ -64,13 +71,19 @@ async def make_client(sim: Simulator) -> AsyncIterator[ClientFactory]:
     """Build clients against the simulator; every one is closed after the test."""
     made: list[SeedreamClient] = []
 
-    def factory(*, callbacks: bool | CallbackReceiver = False, **settings: Any) -> SeedreamClient:
+    def factory(
+        *,
+        callbacks: bool | CallbackReceiver = False,
+        hooks: Sequence[Hook] = (),
+        **settings: Any,
+    ) -> SeedreamClient:
         receiver = CallbackReceiver() if callbacks is True else callbacks or None
         client = SeedreamClient(
             API_KEY,
             base_url=sim.url,
             callbacks=receiver,
             settings=attrs.evolve(FAST, **settings),
+            hooks=hooks,
         )
         made.append(client)
         return client

@@ -201,3 +201,25 @@ def test_simulate_command_serves() -> None:
                 assert json.load(resp)["code"] == 200
         finally:
             proc.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_logs_each_task_step(tmp_path: Path, where: str) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 3)
+    args = ["batch", str(manifest), "--simulate", "-q", "--out", str(tmp_path / "r.jsonl")]
+    args = ["-v", *args] if where == "before" else [*args, "-v"]
+    done = subprocess.run(
+        [sys.executable, "-m", "seedream_async.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "seedream_async.tasks" in line]
+    for step in ("submitted", "createTask sent", "accepted", "resolved by"):
+        assert sum(step in line for line in lines) == 3, (step, done.stderr)
+    assert "INFO" in lines[0]
+    assert "/seedream/callback/" not in done.stderr  # no callback URL, so no token
+    assert "Bearer" not in done.stderr
