@@ -16,6 +16,14 @@ DEFAULT_BASE_URL = URL("https://api.apikley.ru")
 API_KEY_ENV = "APIKLEY_API_KEY"
 BASE_URL_ENV = "APIKLEY_BASE_URL"
 REDIS_URL_ENV = "SEEDREAM_REDIS_URL"
+#: Set to 1 to allow downloads from private addresses (a local simulator serves them).
+PRIVATE_DOWNLOADS_ENV = "SEEDREAM_ALLOW_PRIVATE_DOWNLOADS"
+
+
+def _private_downloads_from_env() -> bool:
+    return os.environ.get(PRIVATE_DOWNLOADS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 USER_AGENT = "seedream-async/0.1 (+https://pypi.org/project/seedream-async/)"
 _Steps = tuple[tuple[float, float], ...]
 
@@ -115,8 +123,9 @@ class Settings:
     #: Largest API answer read, after decompression (recordInfo answers are a few KiB).
     max_answer_bytes: int = attrs.field(default=1024 * 1024, validator=_at_least_one)
     #: Download result images from loopback, private, link-local or reserved addresses.
-    #: Off: a callback could otherwise point downloads at your own network (SSRF).
-    allow_private_downloads: bool = False
+    #: Off (unless ``$SEEDREAM_ALLOW_PRIVATE_DOWNLOADS=1``, for a simulator on this host):
+    #: a callback could otherwise point downloads at your own network (SSRF).
+    allow_private_downloads: bool = attrs.field(factory=_private_downloads_from_env)
     #: Seconds one result image may take to download in all (a trickling server is cut off).
     download_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: Where uploads go: ``base_url`` unless set (kie's own upload host, for one).

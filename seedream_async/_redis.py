@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from yarl import URL
 
-from ._config import Settings
+from ._config import REDIS_URL_ENV, Settings, resolve_redis_url
 from ._errors import ClientClosed, CoordinatorUnavailable, ExtraNotInstalled, InvalidRequest
 from ._lifecycle import Lifecycle, Offer, Task
 from ._limits import Limiter, SlidingWindowLimiter
@@ -197,7 +197,8 @@ class RedisCoordinator:
     Share one account's limits, callbacks and results among processes, through Redis.
 
     Give every ``SeedreamClient`` of the account the same ``url`` and ``namespace``
-    (``namespace`` isolates accounts sharing one Redis). ``url`` is ``redis://``,
+    (``namespace`` isolates accounts sharing one Redis). ``url`` (default
+    ``$SEEDREAM_REDIS_URL``) is ``redis://``,
     ``rediss://`` (TLS) or ``unix://``, with a password if needed; ``repr()`` never shows it.
     Needs the ``redis`` extra: ``pip install 'seedream-async[redis]'``.
     """
@@ -206,7 +207,7 @@ class RedisCoordinator:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
         namespace: str = "seedream",
         result_ttl: float = 24 * 3600.0,
@@ -218,6 +219,9 @@ class RedisCoordinator:
             import redis.asyncio  # noqa: F401, PLC0415 (the optional extra)
         except ImportError:
             raise ExtraNotInstalled(f"RedisCoordinator needs the redis extra: {_INSTALL}") from None
+        url = resolve_redis_url(url)
+        if url is None:
+            raise InvalidRequest("url", f"give the Redis URL, or set ${REDIS_URL_ENV}")
         parsed = URL(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("redis", "rediss", "unix"):
             raise InvalidRequest("url", "must be a redis://, rediss:// or unix:// URL")

@@ -96,6 +96,9 @@ class SimulatorConfig:
     #: Result URLs to hand out instead of the simulator's own, as a template with
     #: ``{task_id}`` and ``{n}`` (say ``http://10.0.0.1/{task_id}.png``, to test a client).
     result_url_template: str | None = None
+    #: Deliver callbacks for a public base URL to a local one, as a tunnel would: say
+    #: ``{"https://hooks.example.com": "http://127.0.0.1:8081"}``.
+    callback_tunnels: dict[str, str] = attrs.field(factory=dict)
     #: Rewrites each record just before it is sent (recordInfo and callbacks): hostile answers.
     tamper: Callable[[dict[str, Any]], object] | None = None
     #: Seconds an uploaded file is served before it expires (None: kept while serving).
@@ -337,9 +340,16 @@ class Simulator:
             headers["X-Webhook-Timestamp"] = stamp
             headers["X-Webhook-Signature"] = sign(self.config.hmac_key, task.task_id, stamp)
         assert self._session is not None
+        url = str(task.callback_url)
+        for public, local in self.config.callback_tunnels.items():
+            if url.startswith(public.rstrip("/") + "/"):
+                url = local.rstrip("/") + url[len(public.rstrip("/")) :]
+                break
         for _ in range(3):
             try:
-                async with self._session.post(task.callback_url, data=body, headers=headers) as r:
+                async with self._session.post(
+                    URL(url, encoded=True), data=body, headers=headers
+                ) as r:
                     await r.read()
                     if r.status == 200:
                         self.stats.callbacks_sent += 1
