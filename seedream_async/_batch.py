@@ -97,7 +97,9 @@ class BatchProgress:
     from_journal: int = 0
     #: Local images uploaded in this run.
     uploaded: int = 0
+    #: Credits paid for tasks of this run, and (from the journal) of earlier runs.
     credits: float = 0.0
+    credits_earlier: float = 0.0
     started: float = attrs.field(factory=time.monotonic)
 
     @property
@@ -131,10 +133,12 @@ class BatchProgress:
             self.unknown += 1
         else:
             self.errors += 1
+        paid = item.result.record.credits_consumed if item.result is not None else None
         if item.from_journal:
             self.from_journal += 1
-        elif item.result is not None and item.result.record.credits_consumed:
-            self.credits += item.result.record.credits_consumed
+            self.credits_earlier += paid or 0.0
+        elif paid:
+            self.credits += paid
 
 
 class _Slot:
@@ -160,8 +164,11 @@ class BatchRunner:
         journal: Journal | None,
         download_to: Path | None,
         progress: BatchProgress,
+        retry_failed: bool = False,
     ) -> None:
         self._tracker = tracker
+        #: Inputs journaled ``failed`` are submitted again (never ``unknown`` or accepted ones).
+        self._retry_failed = retry_failed
         #: Closed by the runner once no item of it can write any more.
         self._journal = journal
         self._download_to = download_to
@@ -278,6 +285,12 @@ class BatchRunner:
         if not isinstance(request, EditRequest):
             error = InvalidRequest("requests", f"input {slot.index} is not an EditRequest")
             return BatchItem(index=slot.index, request=None, error=error)
+        if entry is not None and entry.stage is Stage.FAILED and self._retry_failed:
+            assert self._journal is not None
+            # Its task failed: nothing more is owed on it. Until the new ``sending`` row is
+            # written the input is simply unsent, which a rerun would send too.
+            self._journal.forget(slot.index)
+            entry = slot.entry = None
         if entry is not None and entry.stage.is_final:
             return await self._from_journal(entry, request)
         slot.sent = entry is not None

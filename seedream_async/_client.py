@@ -286,6 +286,7 @@ class SeedreamClient:
         ordered: bool = False,
         download_to: str | Path | None = None,
         progress: BatchProgress | None = None,
+        retry_failed: bool = False,
     ) -> AsyncIterator[BatchItem]:
         """
         Edit every request, yielding one ``BatchItem`` per input as tasks end.
@@ -293,8 +294,11 @@ class SeedreamClient:
         ``requests`` is consumed lazily (memory follows ``max_in_flight``). ``journal`` (a
         SQLite file, held by one run at a time) makes a rerun skip finished inputs and never
         pay twice; ``ordered`` yields in input order; ``download_to`` saves each result's
-        images as soon as it ends; ``progress`` is updated live.
+        images as soon as it ends; ``progress`` is updated live. ``retry_failed`` submits
+        again the inputs the journal says failed (never those accepted or unknown).
         """
+        if retry_failed and journal is None:
+            raise InvalidRequest("retry_failed", "needs a journal to know which inputs failed")
         await self._open()
         runner = BatchRunner(
             self._tracker,
@@ -302,6 +306,7 @@ class SeedreamClient:
             journal=Journal(journal) if journal is not None else None,
             download_to=Path(download_to) if download_to is not None else None,
             progress=progress or BatchProgress(),
+            retry_failed=retry_failed,
         )
         async for item in runner.run(requests, ordered=ordered):
             yield item

@@ -41,12 +41,19 @@ from ._errors import (
     TaskFailed,
     TaskTimeout,
 )
-from ._journal import Journal
-from ._models import AspectRatio, EditRequest, EditResult, LocalImage, Quality
+from ._journal import Journal, Stage
+from ._models import AspectRatio, EditRequest, EditResult, LocalImage, Quality, TaskRecord
 from ._receiver import CallbackReceiver
 from ._redis import RedisCoordinator
 from ._wire import record_to_wire
-from .simulator import Simulator, SimulatorConfig, serve
+from .simulator import (
+    COMMAND_LINE_DEFAULTS,
+    Simulator,
+    SimulatorConfig,
+    run_command_line,
+    window,
+)
+from .simulator import add_arguments as add_simulator_arguments
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_CREATE_RATE = (20, 10.0)
@@ -259,11 +266,19 @@ def folder_requests(spec: str, prompt: str, aspect_ratio: str, quality: str) -> 
     return requests
 
 
-def check_journal(path: Path, requests: Iterable[EditRequest]) -> None:
-    """Refuse, before anything is written, a journal that is busy, damaged or another batch's."""
+def check_journal(path: Path, requests: Iterable[EditRequest], *, simulate: bool) -> None:
+    """Refuse, before anything is written, a journal that is busy, damaged or another batch's,
+    or (with ``--simulate``) one whose tasks only an earlier run's simulator knew."""
     with Journal(path) as journal:
         for index, request in enumerate(requests):
             journal.get(index, request)
+        counts = journal.counts()
+    pending = counts.get(Stage.SENDING, 0) + counts.get(Stage.ACCEPTED, 0)
+    if simulate and pending:
+        raise UsageError(
+            f"{path} has {pending} task(s) of an earlier run in flight, which only that run's"
+            " simulator knew (each --simulate run starts a fresh one): use a new --journal"
+        )
 
 
 def check_output(out: Path, download_to: str | None) -> None:
@@ -285,21 +300,27 @@ def check_output(out: Path, download_to: str | None) -> None:
 @contextlib.asynccontextmanager
 async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]:
     """A client for the command line's options, against a simulator with ``--simulate``."""
+    create_rate = getattr(args, "create_rate", DEFAULT_CREATE_RATE)
     settings = Settings(
-        max_in_flight=args.max_in_flight,
-        task_deadline=args.deadline,
-        create_rate=args.create_rate[0],
-        create_period=args.create_rate[1],
+        max_in_flight=getattr(args, "max_in_flight", 100),
+        task_deadline=getattr(args, "deadline", 900.0),
+        create_rate=create_rate[0],
+        create_period=create_rate[1],
     )
     receiver = None
-    listen = args.listen or ("127.0.0.1:0" if args.simulate else None)
+    public_url = getattr(args, "public_url", None)
+    listen = getattr(args, "listen", None)
+    if public_url and not listen:
+        raise UsageError(
+            "--public-url needs --listen HOST:PORT (where the receiver serves the calls the"
+            " public URL forwards); without a receiver every task would wait for a poll"
+        )
+    listen = listen or ("127.0.0.1:0" if args.simulate else None)
     if listen:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--listen needs HOST:PORT, got {listen!r}")
-        receiver = CallbackReceiver(host, int(port), public_url=args.public_url)
-    elif args.public_url:
-        raise UsageError("--public-url needs --listen")
+        receiver = CallbackReceiver(host, int(port), public_url=public_url)
     async with contextlib.AsyncExitStack() as stack:
         api_key, base_url = None, args.base_url
         if args.simulate:
@@ -309,12 +330,13 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
             api_key, base_url = "simulated", sim.url
             # The simulator serves its result images on loopback.
             settings = attrs.evolve(settings, allow_private_downloads=True)
-            if args.create_rate == DEFAULT_CREATE_RATE:
+            if create_rate == DEFAULT_CREATE_RATE:
                 # The simulator enforces the account's 20 per 10 s, five times faster.
                 settings = attrs.evolve(settings, create_rate=20, create_period=2.0)
-        redis_url = resolve_redis_url(args.redis)
+        redis_url = resolve_redis_url(getattr(args, "redis", None))
+        namespace = getattr(args, "namespace", "seedream")
         coordinator = (
-            RedisCoordinator(redis_url, namespace=args.namespace) if redis_url is not None else None
+            RedisCoordinator(redis_url, namespace=namespace) if redis_url is not None else None
         )
         client = SeedreamClient(
             api_key,
@@ -328,12 +350,9 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[SeedreamClient]
 
 
 def simulated_service() -> SimulatorConfig:
-    """The service ``--simulate`` runs: realistic latency and the account limit, scaled."""
-    return SimulatorConfig(
-        latency=(0.3, 1.5),
-        create_limit=(20, 2.0),
-        seed=7,
-    )
+    """The service ``--simulate`` runs: the simulator command line's defaults (realistic
+    latency, the account limit five times faster, a balance), seeded."""
+    return attrs.evolve(COMMAND_LINE_DEFAULTS, seed=7)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -352,8 +371,10 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     journal = args.journal
     if journal is None and not args.simulate:
         journal = str(out.with_suffix(".journal"))
+    if args.retry_failed and journal is None:
+        raise UsageError("--retry-failed needs --journal: the journal says which inputs failed")
     if journal is not None:
-        check_journal(Path(journal), inputs())
+        check_journal(Path(journal), inputs(), simulate=args.simulate)
     console = Console(stderr=True)
     progress = BatchProgress(total=total)
     console.print(
@@ -370,6 +391,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
                 ordered=args.ordered,
                 download_to=args.download_to,
                 progress=progress,
+                retry_failed=args.retry_failed,
             ):
                 results.write(item_line(item))
     _summary(progress, out, args.download_to, Console())
@@ -519,7 +541,9 @@ def _summary(progress: BatchProgress, out: Path, images: str | None, console: An
     if progress.errors:
         table.add_row("errors", f"[red]{progress.errors}")
     table.add_row("from journal", str(progress.from_journal))
-    table.add_row("credits spent", f"{progress.credits:g}")
+    table.add_row("credits, this run", f"{progress.credits:g}")
+    if progress.from_journal:
+        table.add_row("credits, earlier runs", f"{progress.credits_earlier:g}")
     table.add_row("wall time", f"{progress.elapsed:.1f} s")
     console.print(table)
     console.print(f"results: {out}")
@@ -553,11 +577,26 @@ def _result_json(result: EditResult, files: Sequence[Path]) -> dict[str, Any]:
 
 
 async def cmd_task(args: argparse.Namespace) -> int:
-    """Print a task's record as JSON."""
+    """Print a task's record as JSON: the results' tidy shape, or ``--raw`` as sent."""
     async with open_client(args) as client:
         record = await client.get_task(args.task_id)
-    print(json.dumps(record_to_wire(record), indent=2))
+    print(json.dumps(record_to_wire(record) if args.raw else record_line(record), indent=2))
     return EXIT_OK
+
+
+def record_line(record: TaskRecord) -> dict[str, Any]:
+    """A task's record in the shape of a results line: what a person looks for first."""
+    line: dict[str, Any] = {"task_id": record.task_id, "state": record.state.value}
+    if record.result_urls:
+        line["urls"] = [str(u) for u in record.result_urls]
+    if record.credits_consumed is not None:
+        line["credits"] = record.credits_consumed
+    if record.fail_code or record.fail_msg:
+        line["error"] = f"{record.fail_code}: {record.fail_msg}"
+    for name, when in (("created", record.create_time), ("completed", record.complete_time)):
+        if when is not None:
+            line[name] = when.isoformat()
+    return line
 
 
 async def cmd_credits(args: argparse.Namespace) -> int:
@@ -567,28 +606,34 @@ async def cmd_credits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_simulate(args: argparse.Namespace) -> int:
-    """Serve the simulator until interrupted."""
-    config = attrs.evolve(simulated_service(), latency=tuple(args.latency))
-    await serve(args.host, args.port, config, lambda url: print(f"serving on {url}", flush=True))
-    return EXIT_OK
-
-
 # --- the parser -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, with a ``--help`` that teaches."""
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("service")
+    """The command line, with a ``--help`` that teaches; each command takes only its flags."""
+    service = argparse.ArgumentParser(add_help=False)
+    group = service.add_argument_group("service")
     group.add_argument(
         "--simulate",
         action="store_true",
         help="run against an in-process simulator (no key, no network)",
     )
     group.add_argument("--base-url", help="the service (default: $APIKLEY_BASE_URL or Apikley)")
-    group.add_argument("--listen", metavar="HOST:PORT", help="serve callbacks here")
-    group.add_argument("--public-url", metavar="URL", help="the URL the service calls back")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each task's steps at INFO (submitted, accepted, resolved, downloaded)",
+    )
+
+    submitting = argparse.ArgumentParser(add_help=False)
+    group = submitting.add_argument_group("submitting")
+    group.add_argument(
+        "--listen", metavar="HOST:PORT", help="serve callbacks here (else tasks are polled)"
+    )
+    group.add_argument(
+        "--public-url", metavar="URL", help="with --listen: the URL the service calls back"
+    )
     group.add_argument(
         "--max-in-flight", type=_positive_int, default=100, help="tasks at once (default 100)"
     )
@@ -601,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--create-rate",
-        type=_rate,
+        type=window,
         default=DEFAULT_CREATE_RATE,
         metavar="N/SECONDS",
         help="createTask limit of your account (default 20/10)",
@@ -614,13 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--namespace",
         default="seedream",
-        help="the account's namespace in Redis (default seedream)",
-    )
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log each task's steps at INFO (submitted, accepted, resolved, downloaded)",
+        help="with --redis: the account's namespace in Redis (default seedream)",
     )
 
     parser = argparse.ArgumentParser(
@@ -639,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    batch = sub.add_parser("batch", parents=[common], help="edit every request of a manifest")
+    batch = sub.add_parser(
+        "batch", parents=[service, submitting], help="edit every request of a manifest"
+    )
     batch.add_argument(
         "manifest",
         nargs="?",
@@ -655,50 +696,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--aspect-ratio",
         default="1:1",
         choices=[a.value for a in AspectRatio],
-        help="with --images",
+        help="with --images (default 1:1)",
     )
     batch.add_argument(
-        "--quality", default="basic", choices=[q.value for q in Quality], help="with --images"
+        "--quality",
+        default="basic",
+        choices=[q.value for q in Quality],
+        help="with --images (default basic)",
     )
     batch.add_argument("--out", help="results JSONL (default: MANIFEST.results.jsonl)")
     batch.add_argument("--journal", help="SQLite journal that makes reruns resume")
+    batch.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with a journal: submit again the inputs whose tasks failed (never unknown ones)",
+    )
     batch.add_argument("--download-to", metavar="DIR", help="save result images here")
     batch.add_argument("--ordered", action="store_true", help="write results in input order")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(run=cmd_batch)
 
-    edit = sub.add_parser("edit", parents=[common], help="one edit, result as JSON")
-    edit.add_argument("--prompt", required=True)
-    edit.add_argument("--image", action="append", required=True, help="image URL (repeatable)")
-    edit.add_argument("--aspect-ratio", default="1:1", choices=[a.value for a in AspectRatio])
-    edit.add_argument("--quality", default="basic", choices=[q.value for q in Quality])
+    edit = sub.add_parser("edit", parents=[service, submitting], help="one edit, result as JSON")
+    edit.add_argument("--prompt", required=True, help="the edit to make")
+    edit.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="an input image URL (repeatable, up to 14)",
+    )
+    edit.add_argument(
+        "--aspect-ratio",
+        default="1:1",
+        choices=[a.value for a in AspectRatio],
+        help="of the result (default 1:1)",
+    )
+    edit.add_argument(
+        "--quality",
+        default="basic",
+        choices=[q.value for q in Quality],
+        help="basic (2K) or high (4K) (default basic)",
+    )
     edit.add_argument("--download-to", metavar="DIR", help="save the result images here")
     edit.set_defaults(run=cmd_edit)
 
-    task = sub.add_parser("task", parents=[common], help="a task's status as JSON")
-    task.add_argument("task_id")
+    task = sub.add_parser("task", parents=[service], help="a task's status as JSON")
+    task.add_argument("task_id", help="the id createTask answered (task_...)")
+    task.add_argument("--raw", action="store_true", help="the record as the service sent it")
     task.set_defaults(run=cmd_task)
 
-    credit = sub.add_parser("credits", parents=[common], help="the account's credit balance")
+    credit = sub.add_parser(
+        "credits", parents=[service], help="the account's credit balance (a plain number)"
+    )
     credit.set_defaults(run=cmd_credits)
 
-    simulate = sub.add_parser("simulate", help="serve the simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8080)
-    simulate.add_argument("--latency", type=float, nargs=2, default=(0.3, 1.5))
-    simulate.set_defaults(run=cmd_simulate, simulate=False, verbose=False)
+    simulate = sub.add_parser(
+        "simulate",
+        help="serve the simulator (same as python -m seedream_async.simulator)",
+        description="Serve the simulated jobs API until Ctrl-C; prints its counters on exit.",
+    )
+    add_simulator_arguments(simulate)
+    simulate.set_defaults(run=None, simulate=False, verbose=False)
     return parser
-
-
-def _rate(text: str) -> tuple[int, float]:
-    count, _, seconds = text.partition("/")
-    try:
-        rate = (int(count), float(seconds))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected N/SECONDS, like 20/10") from None
-    if rate[0] < 1 or rate[1] <= 0:
-        raise argparse.ArgumentTypeError("expected N >= 1 and SECONDS > 0")
-    return rate
 
 
 def _positive_int(text: str) -> int:
@@ -741,13 +799,19 @@ def run(args: argparse.Namespace) -> int:
         import rich  # noqa: F401, PLC0415 (only to give a clear error without the extra)
     except ImportError:
         return _fail("the CLI needs its extra: pip install 'seedream-async[cli]'", EXIT_USAGE)
+    if args.command == "simulate":
+        return run_command_line(args)  # Ctrl-C is how it stops: exit 0, counters printed
     started = time.monotonic()
     try:
         code: int = asyncio.run(args.run(args))
     except KeyboardInterrupt:
         hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
-    except (UsageError, InvalidRequest, JournalError, ReceiverError, ExtraNotInstalled) as e:
+    except InvalidRequest as e:
+        if e.field == "api_key" and not args.simulate:
+            return _fail(f"{e}; try --simulate to run against a simulator, no key needed", 2)
+        return _fail(str(e), EXIT_USAGE)
+    except (UsageError, JournalError, ReceiverError, ExtraNotInstalled) as e:
         return _fail(str(e), EXIT_USAGE)
     except CoordinatorUnavailable as e:
         return _fail(f"{e} (is Redis up?)", EXIT_SERVICE)

@@ -19,7 +19,9 @@ import hashlib
 import itertools
 import json
 import random
+import signal
 import struct
+import sys
 import time
 import zlib
 from collections import Counter, deque
@@ -37,7 +39,16 @@ from ._models import MODEL, EditRequest, TaskRecord, TaskState
 from ._signing import sign
 from ._wire import MalformedPayload, envelope, parse_create_body, record_to_wire
 
-__all__ = ["Simulator", "SimulatorConfig", "SimulatorStats", "fake_png", "serve"]
+__all__ = [
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorStats",
+    "add_arguments",
+    "config_from",
+    "fake_png",
+    "serve",
+    "stats_json",
+]
 
 LostAnswer = Literal["reset", "http500", "hang"]
 
@@ -190,6 +201,7 @@ class Simulator:
         self.app.router.add_post("/api/v1/jobs/createTask", self._create)
         self.app.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
         self.app.router.add_get("/api/v1/chat/credit", self._credit)
+        self.app.router.add_get("/simulator/stats", self._stats)
         self.app.router.add_get("/files/{task_id}/{n}.png", self._file)
         self.app.router.add_post("/file-upload/api/file-stream-upload", self._stream_upload)
         self.app.router.add_post("/file-upload/api/file-base64-upload", self._base64_upload)
@@ -448,6 +460,9 @@ class Simulator:
         record["costTime"] = round(task.latency)
         return _answer(200, "success", record)
 
+    async def _stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(stats_json(self))
+
     async def _credit(self, request: web.Request) -> web.Response:
         if (gated := self._gate(request)) is not None:
             return gated
@@ -598,9 +613,14 @@ def _dt(ms: int) -> datetime:
 
 
 async def serve(
-    host: str, port: int, config: SimulatorConfig, announce: Callable[[URL], object]
+    host: str,
+    port: int,
+    config: SimulatorConfig,
+    announce: Callable[[URL], object],
+    on_exit: Callable[[Simulator], object] | None = None,
 ) -> None:
-    """Serve a simulator until cancelled; ``announce`` is told its URL once it listens."""
+    """Serve a simulator until cancelled; ``announce`` is told its URL once it listens, and
+    ``on_exit`` sees the simulator (its stats) when it stops."""
     sim = Simulator(config)
     await sim.start(host, port)
     try:
@@ -608,28 +628,178 @@ async def serve(
         await asyncio.Event().wait()
     finally:
         await sim.aclose()
+        if on_exit is not None:
+            on_exit(sim)
 
 
-def _announce(url: URL) -> None:
-    print(f"seedream simulator serving on {url}", flush=True)
+def stats_json(sim: Simulator) -> dict[str, Any]:
+    """The counters a user checks: tasks made, any paid twice, callbacks, the balance."""
+    stats = sim.stats
+    return {
+        "tasks_created": stats.tasks_created,
+        "paid_twice": sum(n - 1 for n in stats.tasks_per_callback.values() if n > 1),
+        "rate_limited": stats.rate_limited,
+        "polls": stats.polls,
+        "callbacks_sent": stats.callbacks_sent,
+        "callbacks_failed": stats.callbacks_failed,
+        "uploads": stats.uploads,
+        "downloads": stats.downloads,
+        "credits_left": sim.config.credits,
+    }
+
+
+def window(text: str) -> tuple[int, float]:
+    """Parse a rate window written ``N/SECONDS`` (``20/10``: 20 per 10 seconds)."""
+    count, _, seconds = text.partition("/")
+    try:
+        pair = (int(count), float(seconds))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N/SECONDS, like 20/10") from None
+    if pair[0] < 1 or pair[1] <= 0:
+        raise argparse.ArgumentTypeError("expected N >= 1 and SECONDS > 0")
+    return pair
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+#: What the simulator serves when run from the command line: realistic latency, the
+#: account's createTask window five times faster (20 per 2 s), a balance that goes down.
+#: Copy it (``attrs.evolve``) before changing anything: it is the one shared default.
+COMMAND_LINE_DEFAULTS = SimulatorConfig(
+    latency=(0.3, 1.5), create_limit=(20, 2.0), credits=10_000.0
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's command line (``python -m seedream_async.simulator`` and
+    ``seedream-async simulate`` share it): where to listen, and its knobs."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
+    knobs = parser.add_argument_group("knobs (see SimulatorConfig)")
+    knobs.add_argument(
+        "--latency",
+        type=float,
+        nargs=2,
+        default=COMMAND_LINE_DEFAULTS.latency,
+        metavar=("MIN", "MAX"),
+        help="seconds from create to final state (default 0.3 1.5)",
+    )
+    knobs.add_argument(
+        "--failure-rate", type=_fraction, default=0.0, help="fraction of tasks that fail"
+    )
+    knobs.add_argument(
+        "--create-limit",
+        type=window,
+        default=COMMAND_LINE_DEFAULTS.create_limit,
+        metavar="N/SECONDS",
+        help="createTask window, 429 beyond it (default 20/2, the account's five times faster)",
+    )
+    knobs.add_argument(
+        "--no-create-limit", action="store_true", help="accept every createTask at once"
+    )
+    knobs.add_argument("--query-limit", type=window, metavar="N/SECONDS", help="recordInfo window")
+    knobs.add_argument(
+        "--retry-after", type=float, metavar="SECONDS", help="send Retry-After with 429s"
+    )
+    knobs.add_argument(
+        "--credits",
+        type=float,
+        default=COMMAND_LINE_DEFAULTS.credits,
+        help="the account's balance; each task costs --price (default 10000)",
+    )
+    knobs.add_argument("--price", type=float, default=1.25, help="credits per task")
+    knobs.add_argument(
+        "--callback-drop-rate", type=_fraction, default=0.0, help="fraction of callbacks lost"
+    )
+    knobs.add_argument(
+        "--callback-delay", type=float, default=0.0, help="seconds from end to callback"
+    )
+    knobs.add_argument(
+        "--callback-duplicates", type=int, default=0, help="extra deliveries of each callback"
+    )
+    knobs.add_argument(
+        "--lost-answer-rate",
+        type=_fraction,
+        default=0.0,
+        help="fraction of createTask answers lost after the task was made",
+    )
+    knobs.add_argument(
+        "--invisible-for",
+        type=float,
+        default=0.0,
+        help="seconds a fresh task is unknown to recordInfo",
+    )
+    knobs.add_argument("--hmac-key", help="sign callbacks with this key")
+    knobs.add_argument("--maintenance", action="store_true", help="answer every call with 455")
+    knobs.add_argument("--seed", type=int, help="seed the random choices (repeatable runs)")
+
+
+def config_from(args: argparse.Namespace) -> SimulatorConfig:
+    """The ``SimulatorConfig`` a parsed ``add_arguments`` command line asks for."""
+    return SimulatorConfig(
+        latency=tuple(args.latency),
+        failure_rate=args.failure_rate,
+        create_limit=None if args.no_create_limit else args.create_limit,
+        query_limit=args.query_limit,
+        retry_after=args.retry_after,
+        credits=args.credits,
+        price=args.price,
+        callback_drop_rate=args.callback_drop_rate,
+        callback_delay=args.callback_delay,
+        callback_duplicates=args.callback_duplicates,
+        lost_answer_rate=args.lost_answer_rate,
+        invisible_for=args.invisible_for,
+        hmac_key=args.hmac_key.encode() if args.hmac_key else None,
+        maintenance=args.maintenance,
+        seed=args.seed,
+    )
+
+
+def announce(url: URL) -> None:
+    """Print where the simulator serves (the first line of output: scripts read it)."""
+    print(f"seedream simulator serving on {url}")  # scripts read the URL at the line's end
+    print(f"counters: {url / 'simulator' / 'stats'}; stop with Ctrl-C")
+    sys.stdout.flush()
+
+
+def report(sim: Simulator) -> None:
+    """Print the counters when the simulator stops."""
+    counts = ", ".join(
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats_json(sim).items()
+    )
+    with contextlib.suppress(BrokenPipeError):  # whoever read us may be gone
+        print(f"seedream simulator stopped: {counts}")
+        sys.stdout.flush()
+
+
+def run_command_line(args: argparse.Namespace) -> int:
+    """Serve as the command line asks until Ctrl-C (exit 0) or SIGTERM."""
+    config = config_from(args)
+
+    async def until_signal() -> None:
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(args.host, args.port, config, announce, report)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(until_signal())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the simulator alone: ``python -m seedream_async.simulator --port 8080``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument(
-        "--latency", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX")
+    parser = argparse.ArgumentParser(
+        prog="python -m seedream_async.simulator", description=__doc__.splitlines()[1]
     )
-    parser.add_argument("--failure-rate", type=float, default=0.0)
-    parser.add_argument("--create-limit", type=float, nargs=2, metavar=("N", "SECONDS"))
-    args = parser.parse_args(argv)
-    config = SimulatorConfig(latency=tuple(args.latency), failure_rate=args.failure_rate)
-    if args.create_limit:
-        config.create_limit = (int(args.create_limit[0]), args.create_limit[1])
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, config, _announce))
+    add_arguments(parser)
+    sys.exit(run_command_line(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

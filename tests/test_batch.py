@@ -16,6 +16,7 @@ from seedream_async import (
     BatchProgress,
     DownloadError,
     EditRequest,
+    InvalidRequest,
     JournalBusy,
     JournalMismatch,
     SeedreamClient,
@@ -276,3 +277,10 @@ async def test_download_limits(sim: Simulator, tmp_path: Path) -> None:
         with pytest.raises(DownloadError, match="HTTP 404"):
             await downloader.fetch(url.with_name("9.png"), tmp_path, "missing.png", task_id)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_retry_failed_needs_a_journal(make_client: ClientFactory) -> None:
+    client = make_client()
+    with pytest.raises(InvalidRequest, match="retry_failed"):
+        async for _ in client.edit_many([request(0)], retry_failed=True):
+            pass

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
 import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from seedream_async import cli
+from seedream_async._journal import Journal
 
 MANIFEST = Path(__file__).parent.parent / "examples" / "manifest.jsonl"
 
@@ -186,21 +190,65 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         assert word in text
 
 
-def test_simulate_command_serves() -> None:
-    argv = [sys.executable, "-m", "seedream_async.cli", "simulate", "--port", "0"]
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "seedream_async.cli", "simulate"], ["-m", "seedream_async.simulator"]],
+    ids=["cli", "module"],
+)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_simulate_command_serves_counts_and_stops_cleanly(
+    command: list[str], stop: signal.Signals
+) -> None:
+    """One simulator command line, two spellings: knobs, counters, a balance, exit 0."""
+    argv = [sys.executable, *command, "--port", "0", "--credits", "100", "--price", "2.5"]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
             assert url.startswith("http://127.0.0.1:")
-            request = urllib.request.Request(  # noqa: S310 (our own loopback http URL)
-                f"{url}/api/v1/chat/credit",
-                headers={"Authorization": "Bearer k", "User-Agent": "t"},
+            headers = {"Authorization": "Bearer k", "User-Agent": "t"}
+
+            def get(path: str) -> Any:
+                request = urllib.request.Request(f"{url}{path}", headers=headers)  # noqa: S310
+                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                    return json.load(resp)
+
+            assert get("/api/v1/chat/credit")["data"] == 100
+            body = json.dumps(
+                {
+                    "model": "seedream/4.5-edit",
+                    "input": {
+                        "prompt": "p",
+                        "image_urls": ["https://a.example/b.png"],
+                        "aspect_ratio": "1:1",
+                        "quality": "basic",
+                    },
+                }
+            ).encode()
+            create = urllib.request.Request(  # noqa: S310
+                f"{url}/api/v1/jobs/createTask",
+                data=body,
+                headers={**headers, "Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            with urllib.request.urlopen(create, timeout=10) as resp:  # noqa: S310
                 assert json.load(resp)["code"] == 200
+            assert get("/api/v1/chat/credit")["data"] == 97.5  # the balance really goes down
+            counters = get("/simulator/stats")
+            assert counters["tasks_created"] == 1
+            assert counters["paid_twice"] == 0
+            assert counters["credits_left"] == 97.5
         finally:
-            proc.terminate()
+            proc.send_signal(stop)
+        out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "stopped: tasks_created 1, paid_twice 0" in out
+
+
+def test_simulate_help_lists_the_knobs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("simulate", "--help") == 0
+    text = capsys.readouterr().out
+    for knob in ("--failure-rate", "--create-limit", "--callback-drop-rate", "--credits"):
+        assert knob in text
 
 
 @pytest.mark.slow
@@ -223,3 +271,122 @@ def test_verbose_logs_each_task_step(tmp_path: Path, where: str) -> None:
     assert "INFO" in lines[0]
     assert "/seedream/callback/" not in done.stderr  # no callback URL, so no token
     assert "Bearer" not in done.stderr
+
+
+def test_missing_key_suggests_simulate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.delenv("APIKLEY_API_KEY", raising=False)
+    manifest = small_manifest(tmp_path / "m.jsonl", 2)
+    assert run("batch", str(manifest), "--out", str(tmp_path / "r.jsonl")) == 2
+    assert "try --simulate" in capsys.readouterr().err
+    assert not (tmp_path / "r.journal").exists()
+
+
+def test_public_url_without_listen_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 2)
+    code = run("batch", str(manifest), "--simulate", "--public-url", "https://hooks.example.com")
+    assert code == 2
+    assert "--public-url needs --listen" in capsys.readouterr().err
+
+
+def test_commands_take_only_their_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("credits", "--simulate", "--max-in-flight", "5") == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert run("task", "--simulate", "--create-rate", "1/1", "t") == 2
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"batch", "edit", "task", "credits", "simulate"}
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+
+
+def test_task_prints_the_tidy_shape_or_raw(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("APIKLEY_API_KEY", "k")
+    proc, url = _simulator("--latency", "0", "0")
+    try:
+        code = run("edit", "--base-url", url, "--prompt", "p", "--image", "https://a.example/b.png")
+        assert code == 0
+        task_id = json.loads(capsys.readouterr().out)["task_id"]
+        assert run("task", "--base-url", url, task_id) == 0
+        tidy = json.loads(capsys.readouterr().out)
+        assert tidy["task_id"] == task_id
+        assert tidy["state"] == "success"
+        assert tidy["urls"]
+        assert isinstance(tidy["credits"], float)
+        assert "created" in tidy
+        assert run("task", "--base-url", url, task_id, "--raw") == 0
+        raw = json.loads(capsys.readouterr().out)
+        assert raw["taskId"] == task_id
+        assert "resultJson" in raw
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_simulate_with_a_journal_in_flight_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 2)
+    journal = tmp_path / "j"
+    first = next(cli.read_manifest(manifest))
+    with Journal(journal) as j:
+        j.sending(0, first, "t" * 24)  # an earlier run sent input 0, then died
+    before = journal.read_bytes()
+    code = run("batch", str(manifest), "--simulate", "--journal", str(journal))
+    assert code == 2
+    assert "fresh" in capsys.readouterr().err
+    assert journal.read_bytes() == before
+
+
+def test_retry_failed_needs_a_journal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 2)
+    assert run("batch", str(manifest), "--simulate", "--retry-failed") == 2
+    assert "--retry-failed needs --journal" in capsys.readouterr().err
+
+
+def _simulator(*knobs: str) -> tuple[subprocess.Popen[str], str]:
+    argv = [sys.executable, "-m", "seedream_async.simulator", "--port", "0", *knobs]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().rsplit(" ", 1)[-1].strip()
+
+
+@pytest.mark.slow
+def test_retry_failed_resubmits_only_failed_inputs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("APIKLEY_API_KEY", "k")
+    manifest = small_manifest(tmp_path / "m.jsonl", 3)
+    journal, out = tmp_path / "j", tmp_path / "r.jsonl"
+    args = ["batch", str(manifest), "--journal", str(journal), "--out", str(out), "-q"]
+    args += ["--create-rate", "100/1"]
+    failing, url = _simulator("--failure-rate", "1", "--latency", "0", "0", "--no-create-limit")
+    try:
+        assert run(*args, "--base-url", url) == 1
+    finally:
+        failing.terminate()
+        failing.communicate(timeout=10)
+    assert all(json.loads(line)["status"] == "failed" for line in out.read_text().splitlines())
+    healthy, url = _simulator("--latency", "0", "0", "--no-create-limit")
+    try:
+        assert run(*args, "--base-url", url) == 1  # without the flag: failed, from the journal
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(line["status"] == "failed" and line["from_journal"] for line in lines)
+        assert run(*args, "--base-url", url, "--retry-failed") == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(line["status"] == "succeeded" for line in lines)
+        assert not any(line.get("from_journal") for line in lines)
+        assert run(*args, "--base-url", url) == 0  # the journal now says succeeded
+        with urllib.request.urlopen(f"{url}/simulator/stats", timeout=10) as resp:  # noqa: S310
+            assert json.load(resp)["tasks_created"] == 3
+    finally:
+        healthy.terminate()
+        healthy.communicate(timeout=10)
+    err = capsys.readouterr().out
+    assert "credits, earlier runs" in err
