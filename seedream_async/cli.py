@@ -4,7 +4,8 @@
 The only module that prints. Every command takes ``--simulate`` to run against an
 in-process simulator with no key and no network. Exit codes: 0 all went well, 1 some edits
 failed or ended unknown, 2 bad input (arguments, manifest, missing key), 3 the service
-refused or could not be reached, 130 interrupted.
+refused or could not be reached, 70 an unexpected error (a bug: please report it), 130
+interrupted. No traceback is printed; ``-v`` logs one for an unexpected error.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from .simulator import (
 from .simulator import add_arguments as add_simulator_arguments
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BUG = 70  # EX_SOFTWARE: an error the SDK did not expect
 DEFAULT_CREATE_RATE = (20, 10.0)
 MANIFEST_FIELDS = frozenset(("prompt", "image_urls", "aspect_ratio", "quality", "nsfw_checker"))
 
@@ -784,7 +786,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _log_to_stderr() -> None:
-    """``-v``: the SDK's INFO lines (never a key or a token) on stderr; once per process."""
+    """``-v``: the SDK's INFO lines (never a key or a token) on stderr, and the traceback
+    of an unexpected error; once per process."""
     logger = logging.getLogger("seedream_async")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
@@ -807,19 +810,34 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
-    except InvalidRequest as e:
-        if e.field == "api_key" and not args.simulate:
-            return _fail(f"{e}; try --simulate to run against a simulator, no key needed", 2)
-        return _fail(str(e), EXIT_USAGE)
-    except (UsageError, JournalError, ReceiverError, ExtraNotInstalled) as e:
-        return _fail(str(e), EXIT_USAGE)
-    except CoordinatorUnavailable as e:
-        return _fail(f"{e} (is Redis up?)", EXIT_SERVICE)
-    except ApiError as e:
-        return _fail(_service_message(e, args), EXIT_SERVICE)
-    except SeedreamError as e:
-        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILURES)
+    except Exception as e:
+        return _fail(*_explain(e, args))
     return code
+
+
+def _explain(e: Exception, args: argparse.Namespace) -> tuple[str, int]:
+    """One line and an exit code for an error: never a traceback."""
+    if isinstance(e, InvalidRequest) and e.field == "api_key" and not args.simulate:
+        return f"{e}; try --simulate to run against a simulator, no key needed", EXIT_USAGE
+    if isinstance(e, UsageError | InvalidRequest | JournalError | ReceiverError):
+        return str(e), EXIT_USAGE
+    if isinstance(e, ExtraNotInstalled):
+        return str(e), EXIT_USAGE
+    if isinstance(e, CoordinatorUnavailable):
+        return f"{e} (is Redis up?)", EXIT_SERVICE
+    if isinstance(e, ApiError):
+        return _service_message(e, args), EXIT_SERVICE
+    if isinstance(e, SeedreamError):
+        return f"{type(e).__name__}: {e}", EXIT_FAILURES
+    if isinstance(e, OSError):  # a disk or a path gave out mid-run: the user's to fix
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}", EXIT_USAGE
+    # A bug of ours: one line here, the traceback with -v (without -v no handler is set,
+    # and logging's last resort would print it).
+    if args.verbose:
+        logging.getLogger("seedream_async").error("unexpected error", exc_info=e)
+    hint = "" if args.verbose else "; rerun with -v for the traceback"
+    return f"unexpected {type(e).__name__}: {e} (please report it{hint})", EXIT_BUG
 
 
 def _service_message(e: ApiError, args: argparse.Namespace) -> str:

@@ -390,3 +390,24 @@ def test_retry_failed_resubmits_only_failed_inputs(
         healthy.communicate(timeout=10)
     err = capsys.readouterr().out
     assert "credits, earlier runs" in err
+
+
+def test_no_traceback_reaches_the_user(capsys: pytest.CaptureFixture[str]) -> None:
+    async def bug(_args: argparse.Namespace) -> int:
+        raise RuntimeError("an SDK bug")
+
+    async def disk(_args: argparse.Namespace) -> int:
+        raise OSError(28, "No space left on device", "out/results.jsonl")
+
+    for failing, code, words in (
+        (bug, 70, "unexpected RuntimeError: an SDK bug"),
+        (disk, 2, "No space left on device: out/results.jsonl"),
+    ):
+        args = cli.build_parser().parse_args(["credits", "--simulate"])
+        args.verbose = False
+        args.run = failing
+        assert cli.run(args) == code
+        err = capsys.readouterr().err
+        assert words in err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
