@@ -327,8 +327,17 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20)
     parser.add_argument("--size", type=int, default=5 * 1024 * 1024)
     parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(MODES[args.mode](args))))
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop  # noqa: PLC0415 (the speed extra)
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        print(json.dumps(runner.run(MODES[args.mode](args))))
 
 
 if __name__ == "__main__":

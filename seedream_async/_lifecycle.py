@@ -265,6 +265,7 @@ class Lifecycle:
         self._by_token: dict[str, Task] = {}
         self._by_task: dict[str, Task] = {}
         self._finished: OrderedDict[str, str] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- registration ---------------------------------------------------------------------
 
@@ -603,9 +604,11 @@ class Lifecycle:
         if self.closed:
             raise ClientClosed("this client is closed; make a new one")
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _now(self) -> float:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
 
 def _internal(error: BaseException, task: Task) -> SeedreamError:

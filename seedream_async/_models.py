@@ -223,11 +223,21 @@ class EditRequest:
     aspect_ratio: AspectRatio = attrs.field(default=AspectRatio.SQUARE, converter=_aspect_ratio)
     quality: Quality = attrs.field(default=Quality.BASIC, converter=_quality)
     nsfw_checker: bool | None = attrs.field(default=None, validator=_check_nsfw)
+    #: Derived once at construction (asked on every submission): the images that are files.
+    _local: tuple[LocalImage, ...] = attrs.field(
+        init=False,
+        eq=False,
+        repr=False,
+        default=attrs.Factory(
+            lambda self: tuple(u for u in self.image_urls if isinstance(u, LocalImage)),
+            takes_self=True,
+        ),
+    )
 
     @property
     def local_images(self) -> tuple[LocalImage, ...]:
         """The images that are files here (uploaded before createTask)."""
-        return tuple(u for u in self.image_urls if isinstance(u, LocalImage))
+        return self._local
 
     def fingerprint(self) -> str:
         """Return a stable digest of everything the service is asked to do.

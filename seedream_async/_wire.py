@@ -106,7 +106,7 @@ def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
     body: dict[str, Any] = {"model": MODEL, "input": task_input}
     if callback_url is not None:
         body["callBackUrl"] = str(callback_url)
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _dumps(body)
 
 
 def parse_create_body(body: Any) -> tuple[EditRequest, URL | None]:
@@ -178,10 +178,26 @@ def read_envelope(
     return envelope.get("data")
 
 
+def _stdlib_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# The ``speed`` extra: orjson parses and writes the same JSON in a fraction of the time (it
+# refuses NaN, integers over 64 bits and nesting over 1024 levels, which no answer of the
+# service has). The request fingerprint keeps the standard library, so journals never change.
+try:
+    import orjson
+except ImportError:  # pragma: no cover (the dev extra installs it; tests run both)
+    _loads: Callable[[bytes | str], Any] = json.loads
+    _dumps: Callable[[Any], bytes] = _stdlib_dumps
+else:
+    _loads, _dumps = orjson.loads, orjson.dumps
+
+
 def load_json(text: bytes | str) -> Any:
     """Parse JSON from the service; anything that is not sane JSON is ``MalformedPayload``."""
     try:
-        return json.loads(text)
+        return _loads(text)
     except (ValueError, RecursionError) as e:  # deep nesting is a hostile input too
         raise MalformedPayload(f"not JSON: {type(e).__name__}") from None
 

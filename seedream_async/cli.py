@@ -806,13 +806,24 @@ def run(args: argparse.Namespace) -> int:
         return run_command_line(args)  # Ctrl-C is how it stops: exit 0, counters printed
     started = time.monotonic()
     try:
-        code: int = asyncio.run(args.run(args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code: int = runner.run(args.run(args))
     except KeyboardInterrupt:
         hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
     except Exception as e:
         return _fail(*_explain(e, args))
     return code
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when the ``speed`` extra is installed (the CLI owns its process; the library
+    never sets an event loop policy), else asyncio's own loop."""
+    try:
+        import uvloop  # noqa: PLC0415 (optional)
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _explain(e: Exception, args: argparse.Namespace) -> tuple[str, int]:

@@ -116,6 +116,9 @@ class SimulatorConfig:
     upload_ttl: float | None = None
     #: Largest upload accepted, in bytes (an edit input's limit).
     upload_max_bytes: int = 10 * 1024 * 1024
+    #: Seconds after a task ends that the simulator forgets it (None: never), and with it
+    #: its per-request and per-callback counts: long runs stay bounded in memory.
+    task_ttl: float | None = None
     #: Keep uploaded bytes to serve them (off: count them only, for long benchmarks).
     keep_uploads: bool = True
     #: Seed of the simulator's randomness.
@@ -194,6 +197,8 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.stats = SimulatorStats()
         self.tasks: dict[str, _Task] = {}
+        #: (forget at, task id) in creation order, while ``task_ttl`` is set.
+        self._expiry: deque[tuple[float, str]] = deque()
         #: Uploaded files: "folder/name" -> (bytes, monotonic time of upload).
         self.uploaded: dict[str, tuple[bytes, float]] = {}
         # Bodies up to an upload's limit (and some for the form around it); checked below.
@@ -282,6 +287,22 @@ class Simulator:
         )
         return attrs.evolve(final, result_urls=urls, credits_consumed=self.config.price)
 
+    def _forget_expired(self, now: float) -> None:
+        """Drop tasks whose ``task_ttl`` ran out (roughly in order: bounded, not exact)."""
+        expiry, stats = self._expiry, self.stats
+        while expiry and expiry[0][0] <= now:
+            task = self.tasks.pop(expiry.popleft()[1], None)
+            if task is None:
+                continue
+            for counts, key in (
+                (stats.tasks_per_request, task.request.fingerprint()),
+                (stats.tasks_per_callback, str(task.callback_url)),
+            ):
+                if counts.get(key, 0) > 1:
+                    counts[key] -= 1
+                else:
+                    counts.pop(key, None)
+
     def _wire_record(self, record: TaskRecord, *, old_schema: bool = False) -> dict[str, Any]:
         wire = record_to_wire(record, old_schema=old_schema)
         if self.config.tamper is not None:
@@ -307,7 +328,10 @@ class Simulator:
             files_base=base / "files",
             images=cfg.images_per_task,
         )
+        self._forget_expired(task.created)
         self.tasks[task.task_id] = task
+        if cfg.task_ttl is not None:
+            self._expiry.append((task.created + task.latency + cfg.task_ttl, task.task_id))
         self.stats.tasks_created += 1
         self.stats.tasks_per_request[request.fingerprint()] += 1
         if callback is not None:

@@ -10,10 +10,12 @@ import zlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 import seedream_async
-from seedream_async import EditRequest, EditResult, SeedreamClient, Settings
+from seedream_async import EditRequest, EditResult, NotFound, SeedreamClient, Settings
 from seedream_async.simulator import Simulator, SimulatorConfig, SimulatorStats
+from tests.conftest import API_KEY, FAST, request
 
 
 async def test_served_alone_by_python_m() -> None:
@@ -81,3 +83,21 @@ def test_version() -> None:
         check=True,
     )
     assert out.stdout.strip() == f"seedream-async {seedream_async.__version__}"
+
+
+async def test_finished_tasks_are_forgotten_after_their_ttl() -> None:
+    """A long run keeps the simulator bounded: tasks (and their counts) go after a TTL."""
+    async with (
+        Simulator(SimulatorConfig(task_ttl=0.2)) as sim,
+        SeedreamClient(API_KEY, base_url=sim.url, settings=FAST) as client,
+    ):
+        first = await client.edit(request(0))
+        assert first.task_id in sim.tasks
+        await asyncio.sleep(0.3)
+        await client.edit(request(1))  # each create sweeps what expired
+        assert first.task_id not in sim.tasks
+        assert len(sim.tasks) == 1
+        assert len(sim.stats.tasks_per_request) == 1
+        assert sim.stats.tasks_created == 2
+        with pytest.raises(NotFound):
+            await client.get_task(first.task_id)

@@ -6,12 +6,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from yarl import URL
 
 from seedream_async import (
     ApiError,
     AuthenticationError,
+    EditRequest,
     FeatureDisabled,
     InsufficientCredits,
     NotFound,
@@ -21,6 +23,7 @@ from seedream_async import (
     ServiceUnavailable,
     TaskState,
     UsageLimitExceeded,
+    _wire,
 )
 from seedream_async._wire import (
     MalformedPayload,
@@ -254,3 +257,24 @@ def test_create_body_round_trip() -> None:
         "quality": "basic",
     }
     assert parse_create_body(body) == (req, URL("https://cb.example/x"))
+
+
+@pytest.mark.parametrize("codec", ["orjson", "stdlib"])
+def test_both_json_codecs_refuse_hostile_answers_alike(
+    codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the speed extra or without, bad JSON is MalformedPayload, never another error."""
+    if codec == "stdlib":
+        monkeypatch.setattr(_wire, "_loads", json.loads)
+        monkeypatch.setattr(_wire, "_dumps", _wire._stdlib_dumps)
+    else:
+        assert _wire._loads is orjson.loads  # the dev extra installs the speed extra
+    for hostile in (b"[" * 100_000, b"{", b"\xff\xfe", b"", b'{"a": NaN', b"1" * 5000):
+        with pytest.raises(MalformedPayload):
+            _wire.load_json(hostile)
+    assert _wire.load_json(b'{"code": 200, "data": {"taskId": "t"}}')["data"]["taskId"] == "t"
+    body = create_task_body(
+        EditRequest(prompt="é ✓", image_urls=["https://a.example/b.png"]),
+        URL("https://h.example/cb/tok"),
+    )
+    assert json.loads(body)["input"]["prompt"] == "é ✓"
