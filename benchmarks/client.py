@@ -287,18 +287,30 @@ def peak_rss() -> int:
 
 
 async def journal_writes(args: argparse.Namespace) -> dict[str, Any]:
-    """Cost of one fsynced ``sending`` row against one ``NORMAL`` update, on this disk."""
+    """Cost per ``sending`` row committed alone (fsynced, one per loop turn) and grouped (100
+    per turn, one fsync), and per grouped ``NORMAL`` update, on this disk."""
     with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j") as journal:
         batch = list(requests(args.n))
-        with Timer() as sending:
+        with Timer() as alone:
             for index, request in enumerate(batch):
                 journal.sending(index, request, None)
+                journal.flush()
+        journal.flush()
+        offset, group = args.n, 100
+        with Timer() as grouped:
+            for start in range(0, args.n, group):
+                for index in range(start, min(start + group, args.n)):
+                    journal.sending(offset + index, batch[index], None)
+                journal.flush()
         with Timer() as accepted:
-            for index in range(args.n):
-                journal.accepted(index, f"task_{index}")
+            for start in range(0, args.n, group):
+                for index in range(start, min(start + group, args.n)):
+                    journal.accepted(index, f"task_{index}")
+                journal.flush()
     return {
         "n": args.n,
-        "sending_us": 1e6 * sending.wall / args.n,
+        "sending_us": 1e6 * alone.wall / args.n,
+        "sending_grouped_us": 1e6 * grouped.wall / args.n,
         "accepted_us": 1e6 * accepted.wall / args.n,
     }
 

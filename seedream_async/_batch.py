@@ -207,7 +207,8 @@ class BatchRunner:
                         exhausted = checked = True
                         continue
                     self.progress.pulled += 1
-                    entry = self._entry(index, request)
+                    # Beyond ``last`` the journal holds only what this run writes: no lookup.
+                    entry = None if last is None or index > last else self._entry(index, request)
                     if entry is None and last is not None and index <= last:
                         deferred.append((index, request))
                     else:
@@ -319,10 +320,9 @@ class BatchRunner:
         token = self._tracker.new_token()
         journal = self._journal
 
-        def on_sent() -> None:
+        def on_sent() -> Awaitable[None] | None:
             slot.sent = True
-            if journal:
-                journal.sending(slot.index, request, token)
+            return journal.sending(slot.index, request, token) if journal else None
 
         def on_accepted(task: Task) -> None:
             self.progress.submitted += 1

@@ -2,15 +2,21 @@
 The batch journal: a SQLite file that makes a batch survive ``kill -9`` without paying twice.
 
 Each input's row is written *before* its createTask is sent (index, request fingerprint,
-callback token), updated with the task id once accepted, then with the final outcome. Every
-write is its own committed transaction (WAL), so a killed process leaves a journal that says
-exactly how far each input got.
+callback token), updated with the task id once accepted, then with the final outcome. Writes
+are grouped: everything written during one turn of the event loop is committed (WAL) in one
+transaction at the end of that turn, before the loop waits for I/O again, so a killed process
+leaves a journal that says how far each input got, and a batch of thousands pays one commit
+per turn instead of one per write. A createTask waits for the commit of its ``sending`` row.
 
 What survives what:
 
-- ``kill -9`` or a crash of the process: everything committed (every row above).
-- A power cut or OS crash: the ``sending`` row is committed with ``synchronous=FULL`` (the WAL
-  is fsynced before createTask goes out), so a rerun never resubmits a sent input. Later
+- ``kill -9`` or a crash of the process: everything committed. Writes still queued (those
+  of the current turn, or of the last ``FSYNC_GAP`` when a fsync is pending) are lost: such
+  an input reads ``sending`` and is reconciled by its callback token, or reported
+  ``unknown``; never sent twice, since no createTask leaves before its row is committed.
+- A power cut or OS crash: a turn with ``sending`` rows is committed with
+  ``synchronous=FULL`` (the WAL is fsynced, once for all of them, before any of those
+  createTask go out), so a rerun never resubmits a sent input. Later
   updates use ``NORMAL`` and may roll back to ``sending``; the rerun then reconciles that
   input by its callback token, or reports it ``unknown``, and still never pays twice.
 
@@ -22,9 +28,13 @@ callback tokens, so it is created readable by its owner only (0600).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
+import itertools
 import json
+import math
+import operator
 import os
 import socket
 import sqlite3
@@ -37,7 +47,7 @@ import attrs
 
 from ._errors import JournalBusy, JournalError, JournalMismatch
 from ._models import EditRequest, EditResult, TaskRecord
-from ._wire import MalformedPayload, load_json, parse_record, record_to_wire
+from ._wire import MalformedPayload, dump_json, load_json, parse_record, record_to_wire
 
 
 def _try_lock(fd: int) -> bool:
@@ -60,6 +70,9 @@ def _try_lock(fd: int) -> bool:
 
 
 SCHEMA_VERSION = "1"
+#: Least seconds between two fsynced commits: a createTask waits at most this long for its
+#: ``sending`` row, and at thousands of edits a second one fsync covers a whole group.
+FSYNC_GAP = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -148,6 +161,15 @@ class Journal:
         self.path = Path(path)
         self._lock = _Lock(self.path)
         self._closed = False
+        #: Writes of this loop turn, committed together by ``flush`` (scheduled once).
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []
+        #: createTasks waiting for their ``sending`` rows to be durable.
+        self._durable: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        #: A failed background commit, raised by the next call (the batch stops on it).
+        self._failure: JournalError | None = None
+        #: Loop time of the last fsynced commit.
+        self._last_fsync = -math.inf
         try:
             # Created by us, it is ours alone: it holds callback tokens.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -175,9 +197,11 @@ class Journal:
         self.close()
 
     def close(self) -> None:
-        """Close the file and let other runs have it; idempotent."""
+        """Commit what is queued, close the file and let other runs have it; idempotent."""
         if self._closed:
             return
+        with contextlib.suppress(JournalError):
+            self.flush()
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
@@ -193,13 +217,80 @@ class Journal:
                 f"{self.path} has journal schema {row[0]}, not {SCHEMA_VERSION}", path=self.path
             )
 
+    # --- grouped writes -------------------------------------------------------------------
+
+    def _write(self, sql: str, args: tuple[Any, ...], *, durable: bool = False) -> None:
+        """Queue a write for this loop turn's commit (at once, outside an event loop). A
+        ``durable`` one waits for a fsync; fsyncs come at most every ``FSYNC_GAP`` seconds,
+        so at high throughput each covers many rows, and at low throughput none waits."""
+        if self._failure is not None:
+            raise self._failure
+        self._queued.append((sql, args))
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        if durable:
+            loop.call_at(self._last_fsync + FSYNC_GAP, self._flush_in_loop)
+        else:
+            loop.call_soon(self._flush_in_loop)
+
+    def _flush_in_loop(self) -> None:
+        try:
+            self.flush()
+        except JournalError as e:
+            self._failure = e  # raised by the batch's next journal call
+
+    def flush(self) -> None:
+        """Commit every queued write in one transaction (fsynced when one is a ``sending``
+        row), then let the createTasks waiting for it go."""
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, []
+        durable, self._durable = self._durable, []
+        if not queued:
+            return
+        try:
+            if durable:
+                self._query("PRAGMA synchronous=FULL", ())
+            try:
+                self._query("BEGIN", ())
+                # Runs of the same statement go to sqlite as one executemany, in order.
+                for sql, runs in itertools.groupby(queued, key=operator.itemgetter(0)):
+                    self._query_many(sql, [args for _, args in runs])
+                self._query("COMMIT", ())
+            except JournalError:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    self._query("PRAGMA synchronous=NORMAL", ())
+        except JournalError as e:
+            for waiter in durable:
+                if not waiter.done():
+                    waiter.set_exception(e)
+            raise
+        if durable:
+            with contextlib.suppress(RuntimeError):
+                self._last_fsync = asyncio.get_running_loop().time()
+        for waiter in durable:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def last_index(self) -> int | None:
         """The highest input index journaled, if any."""
+        self.flush()
         row = self._query("SELECT MAX(idx) FROM items", ()).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def get(self, index: int, request: EditRequest) -> Entry | None:
         """Return the entry of input ``index``; refuse one journaled for another request."""
+        if self._queued:
+            self.flush()
         row = self._query(
             "SELECT fingerprint, token, state, task_id, record, error, files"
             " FROM items WHERE idx = ?",
@@ -232,17 +323,22 @@ class Journal:
             files=files,
         )
 
-    def sending(self, index: int, request: EditRequest, token: str | None) -> None:
-        """Journal an input before its createTask is sent, durably (fsynced)."""
-        self._query("PRAGMA synchronous=FULL", ())
-        try:
-            self._query(
-                "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (idx) DO NOTHING",  # a retry after a connection that never opened
-                (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
-            )
-        finally:
-            self._query("PRAGMA synchronous=NORMAL", ())
+    def sending(
+        self, index: int, request: EditRequest, token: str | None
+    ) -> asyncio.Future[None] | None:
+        """Journal an input before its createTask is sent; await the future returned (in an
+        event loop) before sending: it resolves once the row is durable (fsynced)."""
+        self._write(
+            "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (idx) DO NOTHING",  # a retry after a connection that never opened
+            (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
+            durable=True,
+        )
+        if not self._flush_scheduled:  # outside a loop: already committed
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._durable.append(waiter)
+        return waiter
 
     def accepted(self, index: int, task_id: str) -> None:
         """Journal the task id the service gave an input."""
@@ -254,7 +350,7 @@ class Journal:
             index,
             state=Stage.SUCCEEDED.value,
             task_id=result.task_id,
-            record=json.dumps(record_to_wire(result.record)),
+            record=dump_json(record_to_wire(result.record)).decode(),
         )
 
     def ended(self, index: int, stage: Stage, error: BaseException) -> None:
@@ -267,11 +363,11 @@ class Journal:
 
     def forget(self, index: int) -> None:
         """Drop an input the service refused before making a task: a rerun may send it."""
-        self._query("DELETE FROM items WHERE idx = ?", (index,))
+        self._write("DELETE FROM items WHERE idx = ?", (index,))
 
     def uploaded(self, sha256: str, url: object, at: float) -> None:
         """Journal a local image's upload, so a resumed run does not upload it again."""
-        self._query(
+        self._write(
             "INSERT INTO uploads VALUES (?, ?, ?)"
             " ON CONFLICT (sha256) DO UPDATE SET url = excluded.url, at = excluded.at",
             (sha256, str(url), at),
@@ -279,20 +375,28 @@ class Journal:
 
     def uploads(self) -> list[tuple[str, str, float]]:
         """Every journaled upload: content hash, URL, wall-clock time."""
+        self.flush()
         rows = self._query("SELECT sha256, url, at FROM uploads", ()).fetchall()
         return [(str(h), str(u), float(t)) for h, u, t in rows]
 
     def counts(self) -> dict[Stage, int]:
         """Return how many inputs are at each stage."""
+        self.flush()
         rows = self._query("SELECT state, COUNT(*) FROM items GROUP BY state", ()).fetchall()
         return {Stage(state): n for state, n in rows}
 
     def _update(self, index: int, **columns: Any) -> None:
         names = ", ".join(f"{name} = ?" for name in columns)
-        self._query(
+        self._write(
             f"UPDATE items SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 (names are ours)
             (*columns.values(), time.time(), index),
         )
+
+    def _query_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            self._db.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path}: {e}", path=self.path) from e
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         """Run one statement; a database failure (disk full, damage) is a ``JournalError``."""

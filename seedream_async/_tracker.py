@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 import aiohttp
 from yarl import URL
@@ -29,7 +29,7 @@ from ._models import EditRequest, EditResult, TaskRecord, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
 from ._telemetry import Telemetry
-from ._transport import Transport
+from ._transport import OnSend, Transport
 from ._uploads import Uploader
 
 log = logging.getLogger("seedream_async")
@@ -146,13 +146,14 @@ class Tracker:
         request: EditRequest,
         *,
         token: str | None = None,
-        on_sent: Callable[[], object] | None = None,
+        on_sent: OnSend | None = None,
         on_accepted: OnAccepted | None = None,
     ) -> Task:
         """
         Submit one edit; return its task once the service accepted it.
 
-        ``on_sent`` runs just before createTask goes out (journal it there); ``on_accepted``
+        ``on_sent`` runs just before createTask goes out (journal it there; an awaitable it
+        returns is awaited before sending, say until the journal row is durable); ``on_accepted``
         runs once the task id is known, even if the caller was cancelled meanwhile.
         """
         assert self.transport is not None, "start() first"
@@ -182,10 +183,9 @@ class Tracker:
                 self.lifecycle.refused(task)
                 raise
 
-        def sending() -> None:
+        def sending() -> Awaitable[None] | None:
             self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
-            if on_sent is not None:
-                on_sent()
+            return on_sent() if on_sent is not None else None
 
         create = asyncio.ensure_future(self.transport.create_task(sendable, callback_url, sending))
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -47,6 +47,8 @@ RECORD_PATH = "api/v1/jobs/recordInfo"
 CREDIT_PATH = "api/v1/chat/credit"
 
 _Answer = tuple[int, bytes, float | None]
+#: Runs just before a createTask goes out; what it returns (if anything) is awaited first.
+OnSend = Callable[[], Awaitable[None] | None]
 
 
 class AnswerTooLarge(aiohttp.ClientPayloadError):
@@ -119,7 +121,7 @@ class Transport:
         self,
         request: EditRequest,
         callback_url: URL | None,
-        on_send: Callable[[], object] | None = None,
+        on_send: OnSend | None = None,
     ) -> str:
         """Submit one task and return its id; never resubmit one that may exist."""
         body = create_task_body(request, callback_url)
@@ -207,7 +209,7 @@ class Transport:
         method: str,
         url: URL,
         body: bytes | None,
-        on_send: Callable[[], object] | None = None,
+        on_send: OnSend | None = None,
     ) -> _Answer:
         """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
         grant = await limiter.acquire()
@@ -216,8 +218,8 @@ class Transport:
             # Checked again at the moment of sending: a close while queued sends nothing.
             if self._closed:
                 raise ClientClosed("the client was closed before this request went out")
-            if on_send is not None:
-                on_send()
+            if on_send is not None and (durable := on_send()) is not None:
+                await durable  # say, the journal's row for it committed
             headers = self._headers
             if body is not None:
                 headers = {**headers, "Content-Type": "application/json"}

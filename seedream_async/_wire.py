@@ -194,6 +194,11 @@ else:
     _loads, _dumps = orjson.loads, orjson.dumps
 
 
+def dump_json(value: Any) -> bytes:
+    """Compact JSON (orjson with the speed extra)."""
+    return _dumps(value)
+
+
 def load_json(text: bytes | str) -> Any:
     """Parse JSON from the service; anything that is not sane JSON is ``MalformedPayload``."""
     try:

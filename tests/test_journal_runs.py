@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
+from aiohttp import web
 
-from seedream_async import EditRequest, JournalBusy, JournalError, JournalMismatch
+from seedream_async import (
+    EditRequest,
+    JournalBusy,
+    JournalError,
+    JournalMismatch,
+    SeedreamClient,
+)
 from seedream_async._journal import Journal, Stage
-from seedream_async.simulator import Simulator
-from tests.conftest import ClientFactory, request, until
+from seedream_async.simulator import Simulator, SimulatorConfig
+from tests.conftest import FAST, ClientFactory, request, until
 from tests.test_cli import run, small_manifest
 
 PRECIOUS = b"results of an earlier run\n"
@@ -178,3 +189,48 @@ def test_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         j.sending(0, EditRequest(prompt="p", image_urls=["https://a.example/x.png"]), "t" * 24)
     for path in (journal, journal.with_name(journal.name + ".lock")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_every_create_goes_out_after_its_sending_row_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes are grouped per loop turn, and a createTask still waits for its row: another
+    connection, looking at the moment each createTask reaches the service, sees it there,
+    even when the disk is slow to commit."""
+    journal = tmp_path / "j.sqlite"
+    commit = Journal._flush_in_loop
+
+    def slow_disk(self: Journal) -> None:
+        asyncio.get_running_loop().call_later(0.02, commit, self)
+
+    monkeypatch.setattr(Journal, "_flush_in_loop", slow_disk)
+    seen: list[tuple[int, int]] = []
+    creates = 0
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal creates
+        if request.path.endswith("/createTask"):
+            creates += 1
+            with contextlib.closing(sqlite3.connect(journal)) as other:
+                (rows,) = other.execute("SELECT COUNT(*) FROM items").fetchone()
+            seen.append((creates, rows))
+        return await handler(request)
+
+    sim = Simulator(SimulatorConfig(latency=(0.0, 0.05)))
+    sim.app.middlewares.append(check)
+    async with (
+        sim,
+        SeedreamClient(
+            "k", base_url=sim.url, settings=attrs.evolve(FAST, max_in_flight=50)
+        ) as client,
+    ):
+        done = [
+            item
+            async for item in client.edit_many((request(n) for n in range(200)), journal=journal)
+        ]
+    assert all(item.ok for item in done)
+    assert len(seen) == 200
+    assert all(rows >= n for n, rows in seen), [s for s in seen if s[1] < s[0]][:5]
+    with Journal(journal) as j:
+        assert j.counts() == {Stage.SUCCEEDED: 200}
