@@ -315,7 +315,32 @@ async def journal_writes(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def million(args: argparse.Namespace) -> dict[str, Any]:
+    """A batch of ``n`` inputs with a journal (``--journal``), 100 in flight: peak RSS, CPU."""
+    async with sdk_client(URL(args.url), args.in_flight) as client:
+        with Timer() as t:
+            done = 0
+            async for item in client.edit_many(requests(args.n), journal=Path(args.journal)):
+                assert item.ok, item.error
+                done += 1
+    assert done == args.n
+    return {"n": args.n, "wall": t.wall, "cpu": t.cpu, "peak": peak_rss()}
+
+
+async def resume(args: argparse.Namespace) -> dict[str, Any]:
+    """Rerun a finished batch on its journal: every input skipped, nothing sent."""
+    async with sdk_client(URL(args.url), args.in_flight) as client:
+        with Timer() as t:
+            skipped = 0
+            async for item in client.edit_many(requests(args.n), journal=Path(args.journal)):
+                assert item.from_journal, item
+                skipped += 1
+    return {"n": args.n, "skipped": skipped, "wall": t.wall, "cpu": t.cpu, "peak": peak_rss()}
+
+
 MODES = {
+    "million": million,
+    "resume": resume,
     "overhead": overhead,
     "memory": memory,
     "batch_peak": batch_peak,
@@ -339,6 +364,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20)
     parser.add_argument("--size", type=int, default=5 * 1024 * 1024)
     parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--journal", help="the journal file (million, resume)")
     parser.add_argument(
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop"
     )

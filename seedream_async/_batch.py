@@ -151,6 +151,7 @@ class _Slot:
         self.request = request
         self.entry = entry
         self.sent = False
+        #: Its work; None when the journal already had its outcome.
         self.task: asyncio.Task[BatchItem] | None = None
 
 
@@ -175,6 +176,8 @@ class BatchRunner:
         self.progress = progress
         self._running: dict[int, _Slot] = {}
         self._done: asyncio.Queue[asyncio.Task[BatchItem]] = asyncio.Queue()
+        #: Outcomes already known (from the journal), handed out before waiting on any task.
+        self._ready: deque[BatchItem] = deque()
         self._adopted = 0
 
     async def run(
@@ -253,12 +256,23 @@ class BatchRunner:
     def _start(self, index: int, request: object, entry: Entry | None) -> None:
         slot = _Slot(index, request, entry)
         self._running[index] = slot
-        slot.task = asyncio.create_task(self._item(slot))
-        slot.task.add_done_callback(self._done.put_nowait)
+        if (
+            entry is not None
+            and entry.stage.is_final
+            and isinstance(request, EditRequest)
+            and (self._download_to is None or entry.stage is not Stage.SUCCEEDED)
+            and not (self._retry_failed and entry.stage is Stage.FAILED)
+        ):
+            # Known from the journal, nothing to do: no task (a resumed million stays quick).
+            self._ready.append(self._journaled_item(entry, request))
+            return
+        task = asyncio.create_task(self._item(slot))
+        slot.task = task
+        task.add_done_callback(self._done.put_nowait)
 
     async def _next_done(self) -> BatchItem:
-        task = await self._done.get()
-        item = task.result()  # a journal or disk failure is fatal for the batch
+        # A task's result: a journal or disk failure there is fatal for the batch.
+        item = self._ready.popleft() if self._ready else (await self._done.get()).result()
         del self._running[item.index]
         self.progress.count(item)
         return item
@@ -266,7 +280,8 @@ class BatchRunner:
     def _stop(self) -> None:
         """Stop new submissions; let accepted tasks run to their end (and journal)."""
         for slot in self._running.values():
-            assert slot.task is not None
+            if slot.task is None:
+                continue  # its outcome came from the journal: nothing runs
             if slot.sent:
                 self._adopted += 1
                 slot.task.add_done_callback(self._adopted_done)
@@ -346,6 +361,15 @@ class BatchRunner:
         return item
 
     async def _from_journal(self, entry: Entry, request: EditRequest) -> BatchItem:
+        item = self._journaled_item(entry, request)
+        if item.result is None:
+            return item
+        item = await self._download(entry.index, request, item.result)
+        return attrs.evolve(item, from_journal=True)
+
+    @staticmethod
+    def _journaled_item(entry: Entry, request: EditRequest) -> BatchItem:
+        """An input's outcome as an earlier run journaled it (images not fetched here)."""
         if entry.stage is not Stage.SUCCEEDED or entry.record is None:
             error = _journaled_error(entry)
             return BatchItem(index=entry.index, request=request, error=error, from_journal=True)
@@ -355,8 +379,9 @@ class BatchRunner:
             record=entry.record,
             request=request,
         )
-        item = await self._download(entry.index, request, result)
-        return attrs.evolve(item, from_journal=True)
+        return BatchItem(
+            index=entry.index, request=request, result=result, files=entry.files, from_journal=True
+        )
 
     async def _download(self, index: int, request: EditRequest, result: EditResult) -> BatchItem:
         if self._download_to is None:

@@ -73,6 +73,8 @@ SCHEMA_VERSION = "1"
 #: Least seconds between two fsynced commits: a createTask waits at most this long for its
 #: ``sending`` row, and at thousands of edits a second one fsync covers a whole group.
 FSYNC_GAP = 0.005
+#: Rows ``get`` reads in one query when a batch resumes.
+READ_AHEAD = 2048
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -168,6 +170,8 @@ class Journal:
         self._flush_scheduled = False
         #: A failed background commit, raised by the next call (the batch stops on it).
         self._failure: JournalError | None = None
+        #: Rows read ahead by ``get`` (None: read, absent from the journal).
+        self._ahead: dict[int, tuple[Any, ...] | None] = {}
         #: Loop time of the last fsynced commit.
         self._last_fsync = -math.inf
         try:
@@ -288,14 +292,24 @@ class Journal:
         return None if row is None or row[0] is None else int(row[0])
 
     def get(self, index: int, request: EditRequest) -> Entry | None:
-        """Return the entry of input ``index``; refuse one journaled for another request."""
-        if self._queued:
-            self.flush()
-        row = self._query(
-            "SELECT fingerprint, token, state, task_id, record, error, files"
-            " FROM items WHERE idx = ?",
-            (index,),
-        ).fetchone()
+        """Return the entry of input ``index``; refuse one journaled for another request.
+
+        Rows are read ahead ``READ_AHEAD`` at a time (a resumed batch asks in index order),
+        each read once: ask for an input's entry before this run writes to it."""
+        if index not in self._ahead:
+            if self._queued:
+                self.flush()
+            ahead: dict[int, tuple[Any, ...] | None] = dict.fromkeys(
+                range(index, index + READ_AHEAD)
+            )
+            for row in self._query(
+                "SELECT idx, fingerprint, token, state, task_id, record, error, files"
+                " FROM items WHERE idx >= ? AND idx < ?",
+                (index, index + READ_AHEAD),
+            ):
+                ahead[row[0]] = row[1:]
+            self._ahead = ahead
+        row = self._ahead.pop(index)
         if row is None:
             return None
         if row[0] != request.fingerprint():
