@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 
 import aiohttp
 from yarl import URL
@@ -152,7 +152,7 @@ class Tracker:
         """
         Submit one edit; return its task once the service accepted it.
 
-        ``on_sent`` runs just before createTask goes out (journal it there; an awaitable it
+        ``on_sent`` runs just before createTask goes out (journal it there; a future it
         returns is awaited before sending, say until the journal row is durable); ``on_accepted``
         runs once the task id is known, even if the caller was cancelled meanwhile.
         """
@@ -183,7 +183,7 @@ class Tracker:
                 self.lifecycle.refused(task)
                 raise
 
-        def sending() -> Awaitable[None] | None:
+        def sending() -> object:
             self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
             return on_sent() if on_sent is not None else None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -47,8 +47,9 @@ RECORD_PATH = "api/v1/jobs/recordInfo"
 CREDIT_PATH = "api/v1/chat/credit"
 
 _Answer = tuple[int, bytes, float | None]
-#: Runs just before a createTask goes out; what it returns (if anything) is awaited first.
-OnSend = Callable[[], Awaitable[None] | None]
+#: Runs just before a createTask goes out; a future it returns is awaited first (say, the
+#: journal's commit of the row for it); anything else it returns is ignored.
+OnSend = Callable[[], object]
 
 
 class AnswerTooLarge(aiohttp.ClientPayloadError):
@@ -218,7 +219,7 @@ class Transport:
             # Checked again at the moment of sending: a close while queued sends nothing.
             if self._closed:
                 raise ClientClosed("the client was closed before this request went out")
-            if on_send is not None and (durable := on_send()) is not None:
+            if on_send is not None and isinstance(durable := on_send(), asyncio.Future):
                 await durable  # say, the journal's row for it committed
             headers = self._headers
             if body is not None:

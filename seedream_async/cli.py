@@ -694,18 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of a manifest: edit every JPEG/PNG/WebP in a folder (or a glob)",
     )
     batch.add_argument("--prompt", help="with --images: the edit to make to every image")
-    batch.add_argument(
-        "--aspect-ratio",
-        default="1:1",
-        choices=[a.value for a in AspectRatio],
-        help="with --images (default 1:1)",
-    )
-    batch.add_argument(
-        "--quality",
-        default="basic",
-        choices=[q.value for q in Quality],
-        help="with --images (default basic)",
-    )
+    _shape_arguments(batch, "with --images: ")
     batch.add_argument("--out", help="results JSONL (default: MANIFEST.results.jsonl)")
     batch.add_argument("--journal", help="SQLite journal that makes reruns resume")
     batch.add_argument(
@@ -726,18 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="an input image URL (repeatable, up to 14)",
     )
-    edit.add_argument(
-        "--aspect-ratio",
-        default="1:1",
-        choices=[a.value for a in AspectRatio],
-        help="of the result (default 1:1)",
-    )
-    edit.add_argument(
-        "--quality",
-        default="basic",
-        choices=[q.value for q in Quality],
-        help="basic (2K) or high (4K) (default basic)",
-    )
+    _shape_arguments(edit, "")
     edit.add_argument("--download-to", metavar="DIR", help="save the result images here")
     edit.set_defaults(run=cmd_edit)
 
@@ -759,6 +737,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(simulate)
     simulate.set_defaults(run=None, simulate=False, verbose=False)
     return parser
+
+
+def _shape_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
+    """``--aspect-ratio`` and ``--quality`` of the result (``scope`` says when they apply)."""
+    parser.add_argument(
+        "--aspect-ratio",
+        default="1:1",
+        choices=[a.value for a in AspectRatio],
+        help=f"{scope}the result's aspect ratio (default 1:1)",
+    )
+    parser.add_argument(
+        "--quality",
+        default="basic",
+        choices=[q.value for q in Quality],
+        help=f"{scope}basic (2K) or high (4K) (default basic)",
+    )
 
 
 def _positive_int(text: str) -> int:

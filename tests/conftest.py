@@ -15,28 +15,18 @@ from seedream_async import (
     CallbackReceiver,
     EditRequest,
     Hook,
-    PollSchedule,
     SeedreamClient,
-    Settings,
 )
 from seedream_async.simulator import Simulator, SimulatorConfig
+from seedream_async.testing import TEST_SETTINGS
 from tests.redis_server import RedisServer
 
 API_KEY = "test-key"
 
-#: Settings that keep end-to-end tests fast: short polls, short backoff.
-FAST = Settings(
-    poll_schedule=PollSchedule(steps=((float("inf"), 0.05),), jitter=0.1),
-    backoff_initial=0.01,
-    backoff_max=0.05,
-    safety_poll_after=0.5,
-    safety_poll_every=0.2,
-    visibility_grace=5.0,
-    request_timeout=5.0,
-    query_rate=200,
-    create_rate=1000,
-    create_period=1.0,
-    allow_private_downloads=True,  # the simulator serves result images on loopback
+#: Settings that keep end-to-end tests fast: the plugin's (what users' tests get), with the
+#: safety net sooner and the default deadline.
+FAST = attrs.evolve(
+    TEST_SETTINGS, safety_poll_after=0.5, safety_poll_every=0.2, task_deadline=900.0
 )
 
 
