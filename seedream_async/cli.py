@@ -447,6 +447,7 @@ def item_line(item: BatchItem) -> dict[str, Any]:
     """One line of the results JSONL."""
     line: dict[str, Any] = {"index": item.index, "status": item.status}
     if item.request is not None:
+        line["prompt"] = item.request.prompt
         line["inputs"] = [
             str(u.path) if isinstance(u, LocalImage) else str(u) for u in item.request.image_urls
         ]

@@ -179,6 +179,7 @@ def test_the_cli_reads_paths_relative_to_the_manifest(
     assert run("batch", str(manifest), "--simulate", "--out", str(out), "-q") == 0
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert line["inputs"] == [str(tmp_path / "set" / "img" / "a.png"), "https://x.example/b.png"]
+    assert line["prompt"] == "p"  # the input itself, next to its outcome
 
 
 def test_the_cli_refuses_a_missing_file_in_a_manifest(
