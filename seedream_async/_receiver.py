@@ -186,14 +186,9 @@ class CallbackReceiver:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            loop.call_soon(self._stop_now)  # never inside whatever a signal interrupted
-        else:
-            loop.call_soon_threadsafe(self._stop_now)
+        # Thread-safe, and it wakes the loop: a signal handler runs while the loop may be
+        # blocked waiting for I/O, which plain call_soon would not interrupt.
+        loop.call_soon_threadsafe(self._stop_now)
 
     def _stop_now(self) -> None:
         self._stopped = True

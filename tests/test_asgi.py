@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -260,3 +261,21 @@ async def test_aiohttp_app_shutdown_polls_waiting_edits_at_once(sim: Simulator) 
         assert late.task_id
     assert len(sim.stats.tasks_per_callback) == 10  # the late one had no callBackUrl
     assert sim.stats.polls >= 11
+
+
+async def test_stop_callbacks_from_another_thread_wakes_the_loop(sim: Simulator) -> None:
+    """As from a signal handler or a server's own thread: the idle loop is woken to act."""
+    receiver = CallbackReceiver(host=None, public_url="http://127.0.0.1:1")
+    settings = attrs.evolve(FAST, safety_poll_after=600.0)
+    sim.config.latency = (0.5, 0.5)
+    async with SeedreamClient(
+        API_KEY, base_url=sim.url, callbacks=receiver, settings=settings
+    ) as client:
+        handles = [await client.submit(request(n)) for n in range(3)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        threading.Timer(0.05, receiver.stop_callbacks).start()
+        results = await asyncio.gather(*(h.result() for h in handles))
+        assert len(results) == 3
+        assert loop.time() - started < 10  # not the 600 s safety poll
+    assert receiver.stopped
