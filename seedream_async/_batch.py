@@ -320,7 +320,7 @@ class BatchRunner:
                 self._journal.forget(slot.index)
             return BatchItem(index=slot.index, request=request, error=e)
         try:
-            result = outcome(await asyncio.shield(handle.future), handle.request)
+            result = outcome(await handle.wait(), handle.request)
         except SeedreamError as e:
             return self._ended(slot, request, e)
         if self._journal:

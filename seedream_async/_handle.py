@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from ._lifecycle import Task
@@ -49,7 +48,7 @@ class TaskHandle:
     async def result(self) -> EditResult:
         """Wait for the task to end; cancelling this wait never stops tracking the task."""
         # Inline, not a helper coroutine: one less live frame per waiting task (GC scans them).
-        record = await asyncio.shield(self._task.future)
+        record = await self._task.wait()
         return outcome(record, self._task.request)
 
     async def record(self) -> TaskRecord:

@@ -167,6 +167,7 @@ class Task:
         "task_id",
         "token",
         "unknown",
+        "waiters",
     )
 
     def __init__(
@@ -198,6 +199,8 @@ class Task:
         self.unknown: SubmissionUnknown | None = None
         #: Its account-wide in-flight slot, when a fleet caps those.
         self.fleet_key: str | None = None
+        #: Futures of the coroutines awaiting ``wait()`` (None until the first one).
+        self.waiters: list[asyncio.Future[TaskRecord]] | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id or '(no id yet)'} {self.phase.value}>"
@@ -206,6 +209,45 @@ class Task:
     def done(self) -> bool:
         """True once the outcome is decided, whichever way."""
         return self.phase in _FINAL
+
+    async def wait(self) -> TaskRecord:
+        """
+        The final record (or the task's error); cancelling this wait never touches the task.
+
+        What ``asyncio.shield(self.future)`` would do, with one future per waiter instead
+        of a future, two closures, three cells and two contexts (the GC scans all of them,
+        for every edit parked in flight).
+        """
+        future = self.future
+        if future.done():
+            return future.result()
+        waiter: asyncio.Future[TaskRecord] = future.get_loop().create_future()
+        if self.waiters is None:
+            self.waiters = [waiter]
+        else:
+            self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if self.waiters is not None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def wake(self) -> None:
+        """Hand the settled ``future``'s outcome to every waiter still waiting."""
+        waiters, self.waiters = self.waiters, None
+        if not waiters:
+            return
+        future = self.future
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if future.cancelled():
+                waiter.cancel()
+            elif (error := future.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(future.result())
 
 
 class Watcher(Protocol):
@@ -366,6 +408,7 @@ class Lifecycle:
         """createTask was never sent, or the service refused it: no task exists."""
         if self._move(task, Event.REFUSED) is not None:
             task.future.cancel()
+            task.wake()
             self._finished_with(task)
             if self.telemetry.active:
                 self.telemetry.emit(EditEnded(edit=id(task), outcome="dropped"))
@@ -526,16 +569,17 @@ class Lifecycle:
     ) -> None:
         if self._move(task, event) is None:
             return
-        if self.telemetry.active:
-            self._report_end(task, record, error, via)
         if record is not None:
             task.future.set_result(record)
-            if self.on_final is not None:
-                self.on_final(task, record)
         else:
             assert error is not None
             task.future.set_exception(error)
             task.future.exception()  # a cancelled caller never awaits it: mark it retrieved
+        task.wake()
+        if self.telemetry.active:  # after the wake-ups: it runs right after the waiters
+            self._report_end(task, record, error, via)
+        if record is not None and self.on_final is not None:
+            self.on_final(task, record)
         self._finished_with(task)
 
     def _report_end(
@@ -567,7 +611,7 @@ class Lifecycle:
                 )
             )
 
-        # Added after the waiter's own wake-up, so it runs right after the waiter resumed.
+        # The future is settled and the waiters woken: this runs right after they resumed.
         task.future.add_done_callback(report)
 
     def _finished_with(self, task: Task) -> None:

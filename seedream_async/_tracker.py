@@ -238,7 +238,7 @@ class Tracker:
             record = await self.coordinator.stored(token=token)
             if record is not None:
                 self.lifecycle.offer(token, record)
-        await asyncio.shield(task.future)
+        await task.wait()
         return task
 
     def _callback_url(self, token: str) -> URL:
@@ -270,7 +270,7 @@ class Tracker:
         self.lifecycle.answer_lost(task, error)
         if not task.done:
             log.warning("createTask answer lost; waiting for the callback to tell: %s", error)
-        await asyncio.shield(task.future)
+        await task.wait()
         if on_accepted is not None:
             on_accepted(task)
         return task

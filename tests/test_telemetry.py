@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -81,6 +82,7 @@ async def test_polling_failures_and_429s_are_reported(
     sim.config.retry_after = 0.35
     for n in range(2):
         await client.edit(request(10 + n))
+    await asyncio.sleep(0)  # the last report runs right after the awaiting code woke
     ended = recorder.of(EditEnded)
     assert ended[0].outcome == "failed"
     assert ended[0].via == "poll"
