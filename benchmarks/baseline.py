@@ -58,11 +58,21 @@ class Baseline:
             future.set_result(data)
         return web.json_response({"code": 200, "msg": "success"})
 
-    async def one(self, n: int) -> dict[str, Any]:
-        assert self.session is not None
+    async def one(self, n: int, sending: asyncio.Semaphore | None = None) -> dict[str, Any]:
+        """One task; ``sending`` bounds how many createTask are out at once, if given."""
         token = f"t{n}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.futures[token] = future  # before sending: the callback may come first
+        if sending is None:
+            await self._send(n, token)
+        else:
+            async with sending:
+                await self._send(n, token)
+        self.answered += 1
+        return await future  # only the token's future stays alive while the task is parked
+
+    async def _send(self, n: int, token: str) -> None:
+        assert self.session is not None
         body = json.dumps(
             {
                 "model": "seedream/4.5-edit",
@@ -78,8 +88,6 @@ class Baseline:
         async with self.session.post(self.create_url, data=body, headers=HEADERS) as resp:
             answer = json.loads(await resp.read())
             assert answer["code"] == 200, answer
-        self.answered += 1
-        return await future
 
     async def run(self, n: int, in_flight: int) -> None:
         await bounded(self.one, n, in_flight)

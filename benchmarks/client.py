@@ -31,6 +31,7 @@ from seedream_async import (
     PollSchedule,
     SeedreamClient,
     Settings,
+    TaskHandle,
 )
 from seedream_async._journal import Journal
 
@@ -119,7 +120,8 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
         base = Baseline(url)
         await base.start()
         idle = settle_rss()
-        tasks = [asyncio.create_task(base.one(i)) for i in range(n)]
+        sending = asyncio.Semaphore(100)  # the parked state, not a burst of n requests
+        tasks = [asyncio.create_task(base.one(i, sending)) for i in range(n)]
         while base.answered < n:  # noqa: ASYNC110 (a counter, no event: benchmark only)
             await asyncio.sleep(0.05)
         busy = settle_rss()
@@ -131,7 +133,13 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
         async with sdk_client(url, n) as client:
             await client.credits()  # session and receiver up
             idle = settle_rss()
-            handles = await asyncio.gather(*(client.submit(r) for r in requests(n)))
+            sending = asyncio.Semaphore(100)  # the parked state, not a burst of n requests
+
+            async def submit(request: EditRequest) -> TaskHandle:
+                async with sending:
+                    return await client.submit(request)
+
+            handles = await asyncio.gather(*(submit(r) for r in requests(n)))
             waits: list[asyncio.Task[Any]] = [asyncio.create_task(h.result()) for h in handles]
             await asyncio.sleep(0.2)
             assert client.in_flight == n

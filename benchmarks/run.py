@@ -468,6 +468,9 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         f"## 2. Memory ({mem['n']:,} tasks parked in flight;"
         f" batches at {peak['in_flight']} in flight)",
         "",
+        "Resident memory after submitting (100 at a time, on both sides) and parking every"
+        " task, minus before, per task: the parked state, not the submission burst.",
+        "",
         "| measure | baseline | SDK | ratio |",
         "|---|---|---|---|",
         f"| client memory per task in flight | {mem['per_task_bytes']['baseline'] / 1024:.2f} KiB |"
