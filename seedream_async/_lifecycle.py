@@ -524,12 +524,12 @@ class Lifecycle:
         for task in self.live():
             self._end(task, Event.FATAL_ANSWER, error=error)
 
-    def callbacks_stopped(self) -> None:
+    def callbacks_stopped(self, *, others_may_tell: bool = False) -> None:
         """
         The receiver stopped listening: poll every accepted task now, and from now on as in
-        polling mode. A task whose createTask answer was lost has no id to poll; it keeps
-        waiting for a callback (in a fleet another replica may still receive it) until its
-        deadline.
+        polling mode. A task whose createTask answer was lost has no id to poll: it ends
+        with its ``SubmissionUnknown`` at once, unless ``others_may_tell`` (a fleet, where
+        another replica may still receive its callback): then it waits to its deadline.
         """
         if not self.callbacks:
             return
@@ -539,6 +539,8 @@ class Lifecycle:
         for task in self.live():
             if task.phase is Phase.ACCEPTED and task.task_id is not None:
                 self.watcher.poll_soon(task)
+            elif task.phase is Phase.ANSWER_LOST and task.unknown and not others_may_tell:
+                self._end(task, Event.DEADLINE, error=task.unknown)
 
     def close(self) -> None:
         """The client closes: every live task fails with ``ClientClosed``; nothing new starts."""

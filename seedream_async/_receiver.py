@@ -159,7 +159,7 @@ class CallbackReceiver:
         except RuntimeError:  # attached outside a loop (a synchronous test of ``handle``)
             self._loop = None
         if self._stopped:
-            lifecycle.callbacks_stopped()
+            lifecycle.callbacks_stopped(others_may_tell=self._fleet)
 
     def detach(self, lifecycle: Lifecycle) -> None:
         """Stop resolving tasks of ``lifecycle``."""
@@ -190,10 +190,15 @@ class CallbackReceiver:
         # blocked waiting for I/O, which plain call_soon would not interrupt.
         loop.call_soon_threadsafe(self._stop_now)
 
+    @property
+    def _fleet(self) -> bool:
+        """Other processes of a fleet may still receive this process's callbacks."""
+        return self._coordinator is not None and self._coordinator.shared
+
     def _stop_now(self) -> None:
         self._stopped = True
         if self._lifecycle is not None:
-            self._lifecycle.callbacks_stopped()
+            self._lifecycle.callbacks_stopped(others_may_tell=self._fleet)
 
     async def _app_shutting_down(self, _app: web.Application) -> None:
         if self._runner is None:  # our own server stops only when the client closes
@@ -298,7 +303,7 @@ class CallbackReceiver:
             return verdict
         assert self._lifecycle is not None  # _judge answered 503 otherwise
         offer = self._lifecycle.offer(token, verdict[0])
-        fleet = self._coordinator is not None and self._coordinator.shared
+        fleet = self._fleet
         if offer is Offer.UNKNOWN_TOKEN and fleet:
             return verdict
         return self._reply(offer, token, verdict[1])

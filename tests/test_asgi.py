@@ -19,7 +19,13 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI
 
-from seedream_async import CallbackReceiver, SeedreamClient, TaskRecord, TaskState
+from seedream_async import (
+    CallbackReceiver,
+    SeedreamClient,
+    SubmissionUnknown,
+    TaskRecord,
+    TaskState,
+)
 from seedream_async._wire import envelope, record_to_wire
 from seedream_async.simulator import Simulator
 from tests.conftest import API_KEY, FAST, request, until
@@ -279,3 +285,20 @@ async def test_stop_callbacks_from_another_thread_wakes_the_loop(sim: Simulator)
         assert len(results) == 3
         assert loop.time() - started < 10  # not the 600 s safety poll
     assert receiver.stopped
+
+
+async def test_stop_callbacks_ends_a_lost_answer_at_once(sim: Simulator) -> None:
+    """A submission whose createTask answer was lost has no id to poll; once no callback can
+    come, it ends with SubmissionUnknown now instead of at its deadline."""
+    receiver = CallbackReceiver(host=None, public_url="http://127.0.0.1:1")
+    sim.config.lost_answer_rate = 1.0
+    async with SeedreamClient(API_KEY, base_url=sim.url, callbacks=receiver, settings=FAST) as c:
+        waiting = asyncio.create_task(c.submit(request(0)))
+        await until(lambda: sim.stats.tasks_created == 1)
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # waiting for a callback that could still tell
+        receiver.stop_callbacks()
+        async with asyncio.timeout(5):  # not the 900 s deadline
+            with pytest.raises(SubmissionUnknown):
+                await waiting
+    assert sim.stats.tasks_created == 1  # never sent twice
