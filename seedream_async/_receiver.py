@@ -303,8 +303,7 @@ class CallbackReceiver:
             return verdict
         assert self._lifecycle is not None  # _judge answered 503 otherwise
         offer = self._lifecycle.offer(token, verdict[0])
-        fleet = self._fleet
-        if offer is Offer.UNKNOWN_TOKEN and fleet:
+        if offer is Offer.UNKNOWN_TOKEN and self._fleet:
             return verdict
         return self._reply(offer, token, verdict[1])
 

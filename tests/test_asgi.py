@@ -38,6 +38,26 @@ def _loopback_socket() -> socket.socket:
     return sock
 
 
+@attrs.frozen
+class _Mounted:
+    """A socket for uvicorn, a receiver whose public URL is it, and a client using both."""
+
+    sock: socket.socket
+    port: int
+    receiver: CallbackReceiver
+    client: SeedreamClient
+
+
+def _mounted(sim: Simulator, *, max_body: int = 64 * 1024, **settings: Any) -> _Mounted:
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    receiver = CallbackReceiver(host=None, public_url=f"http://127.0.0.1:{port}", max_body=max_body)
+    client = SeedreamClient(
+        API_KEY, base_url=sim.url, callbacks=receiver, settings=attrs.evolve(FAST, **settings)
+    )
+    return _Mounted(sock, port, receiver, client)
+
+
 def _service(client: SeedreamClient, receiver: CallbackReceiver) -> FastAPI:
     """The README's FastAPI example: the lifespan opens and closes the client."""
 
@@ -74,12 +94,9 @@ async def _uvicorn(app: FastAPI, sock: socket.socket) -> AsyncIterator[uvicorn.S
 
 @pytest.mark.slow
 async def test_fastapi_mounted_receiver_resolves_200_concurrent_edits(sim: Simulator) -> None:
-    sock = _loopback_socket()
-    port = sock.getsockname()[1]
-    receiver = CallbackReceiver(host=None, public_url=f"http://127.0.0.1:{port}")
     # Safety polls out of reach: every edit must be resolved by its callback.
-    settings = attrs.evolve(FAST, safety_poll_after=600.0)
-    client = SeedreamClient(API_KEY, base_url=sim.url, callbacks=receiver, settings=settings)
+    m = _mounted(sim, safety_poll_after=600.0)
+    sock, port, receiver, client = m.sock, m.port, m.receiver, m.client
     sim.config.latency = (0.05, 0.2)
     async with (
         _uvicorn(_service(client, receiver), sock),
@@ -122,10 +139,8 @@ async def test_asgi_app_judges_hostile_requests_without_a_500(
     if body is None:  # a well-formed callback, for a token nobody issued
         record = TaskRecord(task_id="task-unknown", state=TaskState.SUCCESS)
         body = envelope(200, "ok", record_to_wire(record))
-    sock = _loopback_socket()
-    port = sock.getsockname()[1]
-    receiver = CallbackReceiver(host=None, public_url=f"http://127.0.0.1:{port}")
-    client = SeedreamClient(API_KEY, base_url=sim.url, callbacks=receiver, settings=FAST)
+    m = _mounted(sim)
+    sock, port, receiver, client = m.sock, m.port, m.receiver, m.client
     async with (
         _uvicorn(_service(client, receiver), sock),
         aiohttp.ClientSession() as http,
@@ -136,10 +151,8 @@ async def test_asgi_app_judges_hostile_requests_without_a_500(
 
 
 async def test_asgi_app_refuses_an_unbounded_chunked_body(sim: Simulator) -> None:
-    sock = _loopback_socket()
-    port = sock.getsockname()[1]
-    receiver = CallbackReceiver(host=None, public_url=f"http://127.0.0.1:{port}", max_body=1024)
-    client = SeedreamClient(API_KEY, base_url=sim.url, callbacks=receiver, settings=FAST)
+    m = _mounted(sim, max_body=1024)
+    sock, port, receiver, client = m.sock, m.port, m.receiver, m.client
 
     async def endless() -> AsyncIterator[bytes]:
         for _ in range(1000):
@@ -157,20 +170,14 @@ async def test_asgi_app_refuses_an_unbounded_chunked_body(sim: Simulator) -> Non
 @pytest.mark.slow
 async def test_uvicorn_shutdown_polls_waiting_edits_at_once(sim: Simulator) -> None:
     """Requests in flight when the server stops end by polling, not after the safety delay."""
-    sock = _loopback_socket()
-    port = sock.getsockname()[1]
-    receiver = CallbackReceiver(host=None, public_url=f"http://127.0.0.1:{port}")
-    settings = attrs.evolve(FAST, safety_poll_after=600.0)
-    client = SeedreamClient(API_KEY, base_url=sim.url, callbacks=receiver, settings=settings)
+    m = _mounted(sim, safety_poll_after=600.0)
+    sock, port, receiver, client = m.sock, m.port, m.receiver, m.client
     sim.config.latency = (1.0, 1.0)
 
-    config = uvicorn.Config(
-        _service(client, receiver), lifespan="on", log_level="warning", ws="none", http="h11"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    await until(lambda: server.started)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+    async with (
+        _uvicorn(_service(client, receiver), sock) as server,
+        aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http,
+    ):
 
         async def one(n: int) -> int:
             async with http.post(f"/edit/{n}") as response:
@@ -185,7 +192,6 @@ async def test_uvicorn_shutdown_polls_waiting_edits_at_once(sim: Simulator) -> N
         server.should_exit = True
         statuses = await asyncio.gather(*calls)
         took = loop.time() - stopped_at
-    await serving
     assert statuses == [200] * 20
     assert took < 30  # the 600 s safety poll was not waited for
     assert sim.stats.polls >= 20
