@@ -15,6 +15,7 @@ from ._config import Settings
 from ._lifecycle import Lifecycle, Offer, Task
 from ._limits import Limiter, SlidingWindowLimiter
 from ._models import TaskRecord
+from ._telemetry import Via
 
 
 class Coordinator(Protocol):
@@ -44,13 +45,15 @@ class Coordinator(Protocol):
     async def deliver(self, token: str, record: TaskRecord) -> Offer:
         """A valid callback for a token this process does not hold: route it to its owner."""
 
-    def share(self, task: Task, record: TaskRecord) -> None:
-        """A final record learned here (callback or poll): keep it for the fleet."""
+    def share(self, task: Task, record: TaskRecord, via: Via | None) -> None:
+        """A final record learned here (``via``: callback, poll, or the fleet itself): keep it
+        for the fleet; tell the processes that may await it."""
 
     async def stored(
         self, *, task_id: str | None = None, token: str | None = None
     ) -> TaskRecord | None:
-        """A final record the fleet already has for this task or token, if any."""
+        """A final record the fleet already has for this task or token, if any; from now on,
+        one stored anywhere reaches this process too (it awaits a task it did not submit)."""
 
     async def claim_poll(self, task_id: str, seconds: float) -> bool:
         """True if this process should poll ``task_id`` now (one poll serves the fleet)."""
@@ -87,7 +90,7 @@ class LocalCoordinator:
         """Nobody else holds tokens."""
         return Offer.UNKNOWN_TOKEN
 
-    def share(self, task: Task, record: TaskRecord) -> None:
+    def share(self, task: Task, record: TaskRecord, via: Via | None) -> None:
         """Nobody to share with."""
 
     async def stored(

@@ -299,7 +299,7 @@ class Lifecycle:
         self.confirm_callbacks = confirm_callbacks
         self.watcher: Watcher = _NoWatcher()
         #: Told of every final record (a fleet keeps it for the other processes).
-        self.on_final: Callable[[Task, TaskRecord], None] | None = None
+        self.on_final: Callable[[Task, TaskRecord, Via | None], None] | None = None
         #: Told when a task gives its in-flight slot back (a fleet frees its account slot).
         self.on_slot_freed: Callable[[Task], None] | None = None
         self.in_flight = 0
@@ -581,7 +581,7 @@ class Lifecycle:
         if self.telemetry.active:  # after the wake-ups: it runs right after the waiters
             self._report_end(task, record, error, via)
         if record is not None and self.on_final is not None:
-            self.on_final(task, record)
+            self.on_final(task, record, via)
         self._finished_with(task)
 
     def _report_end(

@@ -17,7 +17,10 @@ What is shared, and how:
   stored record is the truth: after every (re)connect the listener re-reads the records of
   all its waiting tasks. Streams would replay, but need a consumer and trimming per process;
   keyspace notifications need server configuration we cannot assume. Polling stays the
-  last resort either way.
+  last resort either way. Every process hears every message, so only what someone else may
+  await is published: a callback routed to its owner, a polled record, or a record of a task
+  another process watches (``resume``/``reconcile`` there set a watch key first). The owner's
+  own callback, the common case, is stored quietly.
 - **Results survive processes.** Final records stay ``result_ttl`` (24 h, the result URLs'
   lifetime), by task id and by token: ``resume``/``reconcile`` anywhere resolve from them at
   once. A poll claim (``SET NX``) makes one poll serve every process awaiting a task.
@@ -47,6 +50,7 @@ from ._errors import ClientClosed, CoordinatorUnavailable, ExtraNotInstalled, In
 from ._lifecycle import Lifecycle, Offer, Task
 from ._limits import Limiter, SlidingWindowLimiter
 from ._models import TaskRecord
+from ._telemetry import Via
 from ._wire import MalformedPayload, load_json, parse_record, record_to_wire
 
 if TYPE_CHECKING:
@@ -57,6 +61,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _INSTALL = "pip install 'seedream-async[redis]'"
+#: Seconds a batch nobody waits for (releases, this process's own results, freed slots) waits
+#: for company: a round trip costs this process ~100 us of CPU, whatever it carries.
+LINGER = 0.01
+_BATCH = "seedream-redis-batch"
 
 # KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms,
 # grants wanted. Returns {1, id, id, ...} (at least one grant) or {0, milliseconds to wait}.
@@ -100,15 +108,18 @@ if oldest[2] then return {0, math.max(1, tonumber(oldest[2]) + period - now)} en
 return {0, 5}
 """
 
-# KEYS: window. ARGV: pairs of (grant id, 1 if sent: stamp it now, else 0: refund it).
+# KEYS: window. ARGV: pairs of (grant id, milliseconds since its answer came, or '-' to refund
+# it). A grant is stamped with when its answer came, on the server's clock: now minus how long
+# ago that was by this host's clock (a duration, so skew does not matter; the time the release
+# took to get here only makes the stamp later, which is safe).
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #ARGV, 2 do
-  if ARGV[i + 1] == '1' then
-    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
-  else
+  if ARGV[i + 1] == '-' then
     redis.call('ZREM', KEYS[1], ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], 'XX', now - tonumber(ARGV[i + 1]), ARGV[i])
   end
 end
 return 1
@@ -163,11 +174,13 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 # KEYS: channel. ARGV: ttl s, then per record (token key or '', token record key or '', task
-# record key, record, message). A non-empty token key must exist (the token was issued in the
-# namespace). Per record: 404 unknown token, 208 already stored, 200 stored and published.
+# record key, record, token digest or '', quiet '1' or '0', task watch key, token watch key or
+# ''). A non-empty token key must exist (the token was issued in the namespace). A fresh record
+# is published as "digest|record" unless it is quiet and nobody watches its task or token.
+# Per record: 404 unknown token, 208 already stored, 200 stored.
 _STORE = """
 local answers = {}
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 8 do
   local answer = 404
   if ARGV[i] == '' or redis.call('EXISTS', ARGV[i]) == 1 then
     answer = 208
@@ -177,13 +190,22 @@ for i = 2, #ARGV, 5 do
     end
     if redis.call('SET', ARGV[i + 2], ARGV[i + 3], 'NX', 'EX', ARGV[1]) then fresh = true end
     if fresh then
-      redis.call('PUBLISH', KEYS[1], ARGV[i + 4])
       answer = 200
+      local heard = ARGV[i + 5] == '0' or redis.call('EXISTS', ARGV[i + 6]) == 1
+      if not heard and ARGV[i + 7] ~= '' then heard = redis.call('EXISTS', ARGV[i + 7]) == 1 end
+      if heard then redis.call('PUBLISH', KEYS[1], ARGV[i + 4] .. '|' .. ARGV[i + 3]) end
     end
   end
   answers[#answers + 1] = answer
 end
 return answers
+"""
+
+# KEYS: watch key, record key. ARGV: ttl s. From now on a quiet store of this record is
+# published; returns the record if it is already stored (one atomic step: none is missed).
+_WATCH = """
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return redis.call('GET', KEYS[2])
 """
 
 
@@ -256,15 +278,15 @@ class RedisCoordinator:
         self._settings = Settings()
         self._tokens: dict[str, str] = {}
         self._members = 1
-        self._resolving = False
         self._background: set[asyncio.Task[Any]] = set()
         self._scripts: dict[str, Any] = {}
         self._registrations: Batch[str, None] = Batch(self._register_batch, self.spawn)
         #: Final records to keep and publish: callbacks routed here, and records learned here.
-        self._stores: Batch[tuple[str, str, str, str, str], int] = Batch(
-            self._store_batch, self.spawn
+        self._stores: Batch[tuple[str, ...], int] = Batch(
+            self._store_batch, self.spawn, linger=LINGER
         )
-        self._unholds: Batch[str, None] = Batch(self._unhold_batch, self.spawn)
+        self._unholds: Batch[str, None] = Batch(self._unhold_batch, self.spawn, linger=LINGER)
+        self._batches: list[Batch[Any, Any]] = [self._registrations, self._stores, self._unholds]
         self.connected = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -305,6 +327,7 @@ class RedisCoordinator:
             "heartbeat": _HEARTBEAT,
             "hold": _HOLD,
             "unhold": _UNHOLD,
+            "watch": _WATCH,
         }
         for name, source in scripts.items():
             self._scripts[name] = self._redis.register_script(source)
@@ -312,7 +335,12 @@ class RedisCoordinator:
         self.spawn(self._heartbeat(), name="seedream-redis-heartbeat")
 
     async def aclose(self) -> None:
-        """Stop listening and close the connections; idempotent."""
+        """Send what is batched, stop listening and close the connections; idempotent."""
+        for batch in self._batches:
+            batch.flush()
+        sending = [t for t in self._background if t.get_name() == _BATCH]
+        if sending and self._redis is not None:
+            await asyncio.wait(sending, timeout=self.op_timeout)
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -416,28 +444,32 @@ class RedisCoordinator:
             return Offer.UNKNOWN_TOKEN
         return Offer.DUPLICATE if answer == 208 else Offer.ACCEPTED
 
-    def share(self, task: Task, record: TaskRecord) -> None:
+    def share(self, task: Task, record: TaskRecord, via: Via | None) -> None:
         """Keep a final record learned here for the namespace (batched, in the background)."""
-        if self._resolving or self._redis is None:
+        if via == "fleet" or self._redis is None:
             return  # it came from Redis: already there
         h = digest(task.token) if task.token is not None else None
-        self._stores.add_nowait(self._store_item(h, record, issued=False))
+        # The owner's own callback: nobody else awaits it unless they watch it.
+        quiet = via == "callback"
+        self._stores.add_nowait(self._store_item(h, record, issued=False, quiet=quiet))
 
     def _store_item(
-        self, h: str | None, record: TaskRecord, *, issued: bool
-    ) -> tuple[str, str, str, str, str]:
+        self, h: str | None, record: TaskRecord, *, issued: bool, quiet: bool = False
+    ) -> tuple[str, ...]:
         """One record for the store script; ``issued``: its token must exist in Redis."""
         wire = json.dumps(record_to_wire(record), separators=(",", ":"))
-        message = json.dumps({"h": h or "", "id": record.task_id, "r": wire}, separators=(",", ":"))
         return (
             self.key("tok", h) if h and issued else "",
             self.key("tokrec", h) if h else "",
             self.key("task", record.task_id),
             wire,
-            message,
+            h or "",
+            "1" if quiet else "0",
+            self.key("watch", "task", record.task_id),
+            self.key("watch", "tok", h) if h else "",
         )
 
-    async def _store_batch(self, records: list[tuple[str, str, str, str, str]]) -> list[int]:
+    async def _store_batch(self, records: list[tuple[str, ...]]) -> list[int]:
         args: list[Any] = [math.ceil(self.result_ttl)]
         for record in records:
             args.extend(record)
@@ -447,14 +479,18 @@ class RedisCoordinator:
     async def stored(
         self, *, task_id: str | None = None, token: str | None = None
     ) -> TaskRecord | None:
-        """The final record the namespace holds for this task id or token, if any."""
-        key = (
-            self.key("task", task_id)
-            if task_id is not None
-            else self.key("tokrec", digest(token or ""))
-        )
+        """The final record the namespace holds for this task id or token, if any; from now
+        on this process also hears when one is stored (it awaits another's task)."""
+        if task_id is not None:
+            keys = [self.key("watch", "task", task_id), self.key("task", task_id)]
+        else:
+            h = digest(token or "")
+            if token is not None:
+                self._tokens[h] = token  # a broadcast names the token by its digest
+            keys = [self.key("watch", "tok", h), self.key("tokrec", h)]
+        ttl = math.ceil(self._settings.task_deadline + 3600)
         try:
-            raw = await self.call(lambda r: r.get(key))
+            raw = await self.script("watch", keys, [ttl])
         except CoordinatorUnavailable:
             return None  # polling will tell
         return _record(raw)
@@ -507,29 +543,22 @@ class RedisCoordinator:
             delay = min(2 * delay, 2.0)
 
     def _on_message(self, data: object) -> None:
-        try:
-            message = load_json(data if isinstance(data, bytes | str) else b"")
-            record = _record(message["r"])
-            h, task_id = str(message["h"]), str(message["id"])
-        except (MalformedPayload, KeyError, TypeError):
+        h, bar, wire = data.partition(b"|") if isinstance(data, bytes) else (b"", b"", b"")
+        record = _record(wire) if bar and len(h) in (0, 64) else None
+        if record is None:
             log.warning("ignored a malformed message on %s", self.key("results"))
             return
-        if record is not None:
-            self._resolve(h, task_id, record)
+        self._resolve(h.decode("ascii", "replace"), record.task_id, record)
 
     def _resolve(self, h: str, task_id: str, record: TaskRecord) -> None:
         lifecycle = self._lifecycle
         if lifecycle is None:
             return
         token = self._tokens.get(h) if h else None
-        self._resolving = True
-        try:
-            if token is not None and lifecycle.has_token(token):
-                lifecycle.offer(token, record, via="fleet")
-            elif (task := lifecycle.get_task(task_id)) is not None:
-                lifecycle.poll_answer(task, record, None, via="fleet")
-        finally:
-            self._resolving = False
+        if token is not None and lifecycle.has_token(token):
+            lifecycle.offer(token, record, via="fleet")
+        elif (task := lifecycle.get_task(task_id)) is not None:
+            lifecycle.poll_answer(task, record, None, via="fleet")
 
     async def _catch_up(self) -> None:
         """Resolve waiting tasks whose record arrived while we were not listening."""
@@ -585,19 +614,27 @@ class Batch(Generic[T, R]):
     """Items added during one loop tick, sent together in one round trip.
 
     ``send`` gets the items and returns one result per item (or None when there are none);
-    ``add`` returns a future of the item's result.
+    ``add`` returns a future of the item's result. Items nobody waits for (``add_nowait``) may
+    ``linger`` that many seconds for company: every round trip costs this process more CPU
+    than the items in it. An item somebody waits for sends the batch at the next tick.
     """
 
     def __init__(
         self,
         send: Callable[[list[T]], Awaitable[list[R] | None]],
         spawn: Callable[..., None],
+        *,
+        linger: float = 0.0,
+        most: int = 1000,
     ) -> None:
         self._send = send
         self._spawn = spawn
+        self._linger = linger
+        self._most = most
         self._items: list[T] = []
         self._waiters: list[asyncio.Future[R | None] | None] = []
-        self._scheduled = False
+        self._soon = False
+        self._later: asyncio.TimerHandle | None = None
 
     def add(self, item: T) -> asyncio.Future[R | None]:
         """Queue ``item``; the future has its result once its batch was sent (or failed)."""
@@ -612,14 +649,30 @@ class Batch(Generic[T, R]):
     def _queue(self, item: T, waiter: asyncio.Future[R | None] | None) -> None:
         self._items.append(item)
         self._waiters.append(waiter)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._soon:
+            return
+        loop = asyncio.get_running_loop()
+        if waiter is not None or not self._linger or len(self._items) >= self._most:
+            self._soon = True
+            loop.call_soon(self._flush)
+        elif self._later is None:
+            self._later = loop.call_later(self._linger, self._flush)
+
+    def flush(self) -> None:
+        """Send what is queued now (the coordinator is closing)."""
+        if self._items:
+            self._flush()
 
     def _flush(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        self._soon = False
+        if not self._items:
+            return  # sent already, by the other of the two ways it was scheduled
         items, waiters = self._items, self._waiters
-        self._items, self._waiters, self._scheduled = [], [], False
-        self._spawn(self._deliver(items, waiters), name="seedream-redis-batch")
+        self._items, self._waiters = [], []
+        self._spawn(self._deliver(items, waiters), name=_BATCH)
 
     async def _deliver(
         self, items: list[T], waiters: list[asyncio.Future[R | None] | None]
@@ -672,7 +725,10 @@ class SharedLimiter:
         self._keys = [
             coordinator.key(name, k) for k in ("window", "queue", "lease", "pause", "seq")
         ]
-        self._releases: Batch[tuple[int, str], None] = Batch(self._release_batch, coordinator.spawn)
+        self._releases: Batch[tuple[int, bool, float], None] = Batch(
+            self._release_batch, coordinator.spawn, linger=LINGER
+        )
+        coordinator._batches.append(self._releases)
         self._fallback_allowed = fallback
         self._fallback: SlidingWindowLimiter | None = None
         self._closed = False
@@ -761,15 +817,19 @@ class SharedLimiter:
         return self._fallback
 
     def release(self, grant: object = None, *, sent: bool = True) -> None:
-        """Stamp (or refund) a grant; Redis hears of it with the others of this tick."""
+        """Stamp (or refund) a grant; Redis hears of it with the others of its batch."""
         if isinstance(grant, SlidingWindowLimiter):
             grant.release(sent=sent)
         elif isinstance(grant, int):
-            self._releases.add_nowait((grant, "1" if sent else "0"))
+            self._releases.add_nowait((grant, sent, asyncio.get_running_loop().time()))
 
-    async def _release_batch(self, grants: list[tuple[int, str]]) -> None:
+    async def _release_batch(self, grants: list[tuple[int, bool, float]]) -> None:
         # If this fails, the grants still count until their hold runs out: safe, never over.
-        args: list[Any] = [part for grant in grants for part in grant]
+        now = asyncio.get_running_loop().time()
+        args: list[Any] = []
+        for grant, sent, answered in grants:
+            # Whole milliseconds, rounded down: the stamp never comes out earlier than it was.
+            args += [grant, math.floor((now - answered) * 1000) if sent else "-"]
         await self._c.script("release", self._keys[:1], args)
 
     def pause_until(self, when: float) -> None:
@@ -783,6 +843,7 @@ class SharedLimiter:
     def close(self) -> None:
         """Grant nothing more: every waiter gets ``ClientClosed``."""
         self._closed = True
+        self._releases.flush()
         self._hand_out(
             ClientClosed("the client was closed while this request waited"), all_waiters=True
         )

@@ -222,7 +222,7 @@ class Tracker:
         """Resolve ``task`` from the record the fleet keeps, else poll it now."""
         record = await self.coordinator.stored(task_id=task.task_id)
         if record is not None:
-            self.lifecycle.poll_answer(task, record, None)
+            self.lifecycle.poll_answer(task, record, None, via="fleet")
         elif not task.done and self.poller is not None:
             self.poller.watch(task, poll_now=True)
 
@@ -237,7 +237,7 @@ class Tracker:
         if self.coordinator.shared and not task.done:
             record = await self.coordinator.stored(token=token)
             if record is not None:
-                self.lifecycle.offer(token, record)
+                self.lifecycle.offer(token, record, via="fleet")
         await task.wait()
         return task
 

@@ -16,6 +16,7 @@ import pytest
 from seedream_async import (
     CallbackReceiver,
     CoordinatorUnavailable,
+    EditResult,
     RateLimited,
     RedisCoordinator,
     SeedreamClient,
@@ -123,6 +124,26 @@ async def test_three_clients_share_the_account_window(
         assert elapsed >= 4 * 0.5  # 45 at 10 per 0.5 s take at least four more windows
     else:
         assert sim.stats.rate_limited > 0  # islands draw 429s: what the fleet mode prevents
+
+
+async def test_a_client_that_closes_right_after_its_answers_frees_its_slots_on_time(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    # Its grants are stamped with when the answers came, and sent before it closes: the next
+    # process gets the window one period later, not after a grant's hold (seconds) runs out.
+    settings = attrs.evolve(FAST, create_rate=5, create_period=0.3, request_timeout=30.0)
+
+    def client() -> SeedreamClient:
+        coordinator = RedisCoordinator(redis_server.url, namespace=namespace)
+        return SeedreamClient(API_KEY, base_url=sim.url, settings=settings, coordinator=coordinator)
+
+    async with client() as first:
+        await asyncio.gather(*(first.create_task(request(n)) for n in range(5)))
+    async with client() as second:
+        started = time.monotonic()
+        await second.create_task(request(5))
+        assert time.monotonic() - started < 2.0
+    assert sim.stats.rate_limited == 0
 
 
 async def test_a_429_seen_by_one_client_pauses_all(
@@ -242,6 +263,63 @@ async def test_resume_and_reconcile_elsewhere_resolve_from_redis_without_a_poll(
     reconciled = await asyncio.wait_for(second.reconcile(handle.token, request(0)), 2)
     assert reconciled.task_id == handle.task_id
     assert sim.stats.polls == polls
+
+
+@pytest.mark.parametrize("how", ["resume", "reconcile"])
+async def test_a_process_awaiting_anothers_task_wakes_with_the_owners_own_callback(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, how: str
+) -> None:
+    # The callback reaches the owner itself; another process awaits the same task meanwhile.
+    sim.config.latency = (0.5, 0.5)
+    owner, other = fleet(**NO_POLLS), fleet(**NO_POLLS)
+    await up(balancer, owner)
+    await other.credits()
+    handle = await owner.submit(request(0))
+    assert handle.token is not None
+    token = handle.token
+
+    async def elsewhere() -> EditResult:
+        if how == "resume":
+            return await other.resume(handle.task_id).result()
+        return await (await other.reconcile(token, request(0))).result()
+
+    started = time.monotonic()
+    result, seen = await asyncio.wait_for(asyncio.gather(handle.result(), elsewhere()), 5)
+    assert seen.task_id == result.task_id
+    assert seen.urls == result.urls
+    assert time.monotonic() - started < 2  # woken with the owner, not by a far safety poll
+    assert sim.stats.polls <= 1  # at most resume's first look
+
+
+async def test_a_result_nobody_else_awaits_is_not_broadcast(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, redis_server: RedisServer, namespace: str
+) -> None:
+    # Every replica hears every broadcast: one per task would cost each of them per task.
+    from redis.asyncio import Redis  # noqa: PLC0415 (the spy, on the namespace's channel)
+
+    sim.config.latency = (0.02, 0.05)
+    owner = fleet(**NO_POLLS)
+    await up(balancer, owner)
+    spy = Redis.from_url(redis_server.url)
+    pubsub = spy.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{namespace}:results")
+    try:
+        results = await asyncio.gather(*(owner.edit(request(n)) for n in range(20)))
+        assert len(results) == 20
+        await asyncio.sleep(0.1)  # the owner's batched share reaches Redis
+        polls = sim.stats.polls
+        again = await asyncio.wait_for(owner.resume(results[0].task_id).result(), 2)
+        assert again.task_id == results[0].task_id  # kept in Redis all the same
+        assert sim.stats.polls == polls
+        heard = []
+        quiet_until = time.monotonic() + 0.3
+        while (left := quiet_until - time.monotonic()) > 0:
+            if (message := await pubsub.get_message(timeout=left)) is not None:
+                heard.append(message)
+        assert heard == []
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await spy.aclose()
 
 
 async def test_one_poll_serves_every_process_awaiting_a_task(
