@@ -150,15 +150,21 @@ class Offer(enum.Enum):
     WRONG_TASK = "task id does not match the token"
 
 
+_Waiter = asyncio.Future[TaskRecord]
+
+#: The outcome of a task that never existed (never sent, or refused): its waiters are cancelled.
+DROPPED = asyncio.CancelledError("the task was never sent, or the service refused it")
+
+
 class Task:
-    """One task being tracked; ``future`` resolves to its final ``TaskRecord`` (or error)."""
+    """One task being tracked; ``outcome`` is its final ``TaskRecord`` (or error) once known."""
 
     __slots__ = (
         "deadline",
         "due",
         "fleet_key",
-        "future",
         "holds_slot",
+        "outcome",
         "phase",
         "recheck",
         "request",
@@ -172,14 +178,14 @@ class Task:
 
     def __init__(
         self,
-        future: asyncio.Future[TaskRecord],
         *,
         token: str | None,
         task_id: str | None,
         request: EditRequest | None,
         holds_slot: bool,
     ) -> None:
-        self.future = future
+        #: None until the task ends: then its final record, its error, or ``DROPPED``.
+        self.outcome: TaskRecord | BaseException | None = None
         self.phase = Phase.QUEUED
         self.token = token
         self.task_id = task_id
@@ -200,7 +206,7 @@ class Task:
         #: Its account-wide in-flight slot, when a fleet caps those.
         self.fleet_key: str | None = None
         #: Futures of the coroutines awaiting ``wait()`` (None until the first one).
-        self.waiters: list[asyncio.Future[TaskRecord]] | None = None
+        self.waiters: _Waiter | list[_Waiter] | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id or '(no id yet)'} {self.phase.value}>"
@@ -210,44 +216,47 @@ class Task:
         """True once the outcome is decided, whichever way."""
         return self.phase in _FINAL
 
-    async def wait(self) -> TaskRecord:
+    def wait(self) -> _Waiter:
         """
-        The final record (or the task's error); cancelling this wait never touches the task.
+        A future of the final record (or the task's error), this caller's own: cancelling the
+        caller cancels it and never touches the task.
 
-        What ``asyncio.shield(self.future)`` would do, with one future per waiter instead
-        of a future, two closures, three cells and two contexts (the GC scans all of them,
-        for every edit parked in flight).
+        What ``asyncio.shield`` of a shared future would do, with one future per waiter and
+        no coroutine of its own; the usual single waiter is kept without a list (the GC scans
+        every object alive per edit parked in flight).
         """
-        future = self.future
-        if future.done():
-            return future.result()
-        waiter: asyncio.Future[TaskRecord] = future.get_loop().create_future()
-        if self.waiters is None:
-            self.waiters = [waiter]
+        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        waiters = self.waiters
+        if self.outcome is not None:
+            self._settle(waiter)
+        elif waiters is None:
+            self.waiters = waiter
+        elif isinstance(waiters, list):
+            if len(waiters) >= 16:  # callers that gave up (timeouts) leave cancelled futures
+                waiters[:] = [w for w in waiters if not w.done()]
+            waiters.append(waiter)
         else:
-            self.waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if self.waiters is not None and waiter in self.waiters:
-                self.waiters.remove(waiter)
-            raise
+            self.waiters = [waiters, waiter]
+        return waiter
 
     def wake(self) -> None:
-        """Hand the settled ``future``'s outcome to every waiter still waiting."""
+        """Hand the outcome to every waiter still waiting."""
         waiters, self.waiters = self.waiters, None
-        if not waiters:
+        if waiters is None:
             return
-        future = self.future
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if future.cancelled():
-                waiter.cancel()
-            elif (error := future.exception()) is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(future.result())
+        for waiter in waiters if isinstance(waiters, list) else (waiters,):
+            if not waiter.done():
+                self._settle(waiter)
+
+    def _settle(self, waiter: asyncio.Future[TaskRecord]) -> None:
+        outcome = self.outcome
+        if outcome is DROPPED:
+            waiter.cancel()
+        elif isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            assert outcome is not None
+            waiter.set_result(outcome)
 
 
 class Watcher(Protocol):
@@ -355,8 +364,7 @@ class Lifecycle:
         task_id: str | None,
         holds_slot: bool,
     ) -> Task:
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
-        task = Task(future, token=token, task_id=task_id, request=request, holds_slot=holds_slot)
+        task = Task(token=token, task_id=task_id, request=request, holds_slot=holds_slot)
         if token is not None:
             self._by_token[token] = task
         if task_id is not None:
@@ -407,7 +415,7 @@ class Lifecycle:
     def refused(self, task: Task) -> None:
         """createTask was never sent, or the service refused it: no task exists."""
         if self._move(task, Event.REFUSED) is not None:
-            task.future.cancel()
+            task.outcome = DROPPED
             task.wake()
             self._finished_with(task)
             if self.telemetry.active:
@@ -571,12 +579,8 @@ class Lifecycle:
     ) -> None:
         if self._move(task, event) is None:
             return
-        if record is not None:
-            task.future.set_result(record)
-        else:
-            assert error is not None
-            task.future.set_exception(error)
-            task.future.exception()  # a cancelled caller never awaits it: mark it retrieved
+        assert record is not None or error is not None
+        task.outcome = record if record is not None else error
         task.wake()
         if self.telemetry.active:  # after the wake-ups: it runs right after the waiters
             self._report_end(task, record, error, via)
@@ -613,8 +617,8 @@ class Lifecycle:
                 )
             )
 
-        # The future is settled and the waiters woken: this runs right after they resumed.
-        task.future.add_done_callback(report)
+        # The waiters are woken (their resumptions queued): this runs right after them.
+        loop.call_soon(report, None)
 
     def _finished_with(self, task: Task) -> None:
         if task.holds_slot:

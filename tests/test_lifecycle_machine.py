@@ -41,7 +41,7 @@ from seedream_async import (
     TaskState,
     TaskTimeout,
 )
-from seedream_async._lifecycle import Lifecycle, Offer, Phase, Task
+from seedream_async._lifecycle import DROPPED, Lifecycle, Offer, Phase, Task
 from seedream_async._limits import Slots
 
 T = TypeVar("T")
@@ -215,7 +215,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert offer in (Offer.ACCEPTED, Offer.DUPLICATE)
         if before in (Phase.SENDING, Phase.ACCEPTED, Phase.ANSWER_LOST) and not self.confirm:
             assert task.phase is Phase.RESOLVED
-            assert task.future.result() == record
+            assert task.outcome == record
 
     @precondition(lambda self: self.callbacks)
     @rule(data=st.data())
@@ -299,7 +299,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if not ended:
             return
         task = data.draw(st.sampled_from(ended))
-        phase, outcome = task.phase, task.future
+        phase, outcome = task.phase, task.outcome
         record = final(task.task_id or "late")
         late: dict[str, Callable[[], object]] = {
             "expire": lambda: self.lc.expire(task),
@@ -315,7 +315,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         }
         self.run(late[kind])
         assert task.phase is phase
-        assert task.future is outcome
+        assert task.outcome is outcome
 
     @rule()
     def close(self) -> None:
@@ -327,7 +327,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def each_task_ends_exactly_once(self) -> None:
         for task in self.tasks:
-            assert task.done == task.future.done()
+            assert task.done == (task.outcome is not None)
             assert self.watcher.forgotten[id(task)] == (1 if task.done else 0)
 
     @invariant()
@@ -364,11 +364,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             if not task.done:
                 continue
             if task.phase is Phase.DROPPED:
-                assert task.future.cancelled()
+                assert task.outcome is DROPPED
                 continue
-            error = task.future.exception()
+            error = task.outcome if isinstance(task.outcome, BaseException) else None
             if task.phase is Phase.RESOLVED:
-                record = task.future.result()
+                record = task.outcome
+                assert isinstance(record, TaskRecord)
                 assert record.task_id == task.task_id == self.service_id[id(task)]
                 assert record == self.trusted_final[id(task)]
             elif task.phase is Phase.EXPIRED:
