@@ -196,43 +196,32 @@ async def test_deadline(sim: Simulator, make_client: ClientFactory) -> None:
     assert client.in_flight == 0
 
 
-async def test_cancelled_waiter_does_not_lose_the_task(
+async def test_waiters_that_give_up_never_touch_the_task(
     sim: Simulator, make_client: ClientFactory
 ) -> None:
-    sim.config.latency = (0.3, 0.3)
+    # One edit awaited by many coroutines: one is cancelled, forty time out (each leaves its
+    # wait behind), three wait it out, a resumed handle and a late caller get it too.
+    sim.config.latency = (0.4, 0.4)
     client = make_client(callbacks=True)
     handle = await client.submit(request(0))
+    patient = [asyncio.create_task(handle.result()) for _ in range(2)]
     waiter = asyncio.create_task(handle.result())
     await asyncio.sleep(0.05)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert client.in_flight == 1
-    again = client.resume(handle.task_id)
-    assert_real(await again.result(), sim)
-    assert client.in_flight == 0
-    assert (await handle.record()).state is TaskState.SUCCESS
-
-
-async def test_many_waiters_on_one_task_some_giving_up(
-    sim: Simulator, make_client: ClientFactory
-) -> None:
-    # One edit awaited by many coroutines: forty time out (each leaves its cancelled wait
-    # behind), three wait it out, and one more asks after the end.
-    sim.config.latency = (0.4, 0.4)
-    client = make_client(callbacks=True)
-    handle = await client.submit(request(0))
-    patient = [asyncio.create_task(handle.result()) for _ in range(2)]
     for _ in range(40):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(handle.result(), 0.001)
-    patient.append(asyncio.create_task(handle.result()))
+    assert client.in_flight == 1
+    patient.append(asyncio.create_task(client.resume(handle.task_id).result()))
     results = await asyncio.gather(*patient)
     assert {r.task_id for r in results} == {handle.task_id}
     assert_real(results[0], sim)
     late = await handle.result()  # already over: at once
     assert late.urls == results[0].urls
     assert client.in_flight == 0
+    assert (await handle.record()).state is TaskState.SUCCESS
 
 
 async def test_cancel_during_submit_keeps_tracking(
