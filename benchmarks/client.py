@@ -28,10 +28,10 @@ from benchmarks.baseline import Baseline, bounded
 from seedream_async import (
     CallbackReceiver,
     EditRequest,
+    EditResult,
     PollSchedule,
     SeedreamClient,
     Settings,
-    TaskHandle,
 )
 from seedream_async._journal import Journal
 
@@ -40,9 +40,14 @@ UNLIMITED = Settings(create_rate=10_000_000, create_period=1.0, query_rate=10_00
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def request(i: int) -> EditRequest:
+    """The i-th input, built when asked: the bare loop also builds its body from a counter."""
+    return EditRequest(prompt=f"edit number {i}", image_urls=[f"https://img.example/{i}.png"])
+
+
 def requests(n: int) -> Iterator[EditRequest]:
     for i in range(n):
-        yield EditRequest(prompt=f"edit number {i}", image_urls=[f"https://img.example/{i}.png"])
+        yield request(i)
 
 
 def rss() -> int:
@@ -106,8 +111,10 @@ async def drive(client: SeedreamClient, variant: str, n: int, in_flight: int) ->
                 done += 1
         assert done == n
         return
-    batch = list(requests(n))
-    await bounded(lambda i: client.edit(batch[i]), n, in_flight)
+    # Each request is built in its own task, as a service handler builds it: a list built up
+    # front would keep n requests alive for the cyclic GC to scan all run long (the bare loop
+    # keeps no input either).
+    await bounded(lambda i: client.edit(request(i)), n, in_flight)
 
 
 # --- 2. memory ----------------------------------------------------------------------------
@@ -134,19 +141,26 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
             await client.credits()  # session and receiver up
             idle = settle_rss()
             sending = asyncio.Semaphore(100)  # the parked state, not a burst of n requests
+            submitted = 0
 
-            async def submit(request: EditRequest) -> TaskHandle:
+            # The bare loop's shape: one task per edit, which builds its input, sends it
+            # (at most 100 at once) and waits for its result.
+            async def one(i: int) -> EditResult:
+                nonlocal submitted
                 async with sending:
-                    return await client.submit(request)
+                    handle = await client.submit(request(i))
+                submitted += 1
+                return await handle.result()
 
-            handles = await asyncio.gather(*(submit(r) for r in requests(n)))
-            waits: list[asyncio.Task[Any]] = [asyncio.create_task(h.result()) for h in handles]
+            parked = [asyncio.create_task(one(i)) for i in range(n)]
+            while submitted < n:  # noqa: ASYNC110 (a counter, no event: benchmark only)
+                await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
             assert client.in_flight == n
             busy = settle_rss()
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+            for edit in parked:
+                edit.cancel()
+            await asyncio.gather(*parked, return_exceptions=True)
     return {"n": n, "idle": idle, "busy": busy, "per_task": (busy - idle) / n}
 
 
