@@ -602,12 +602,14 @@ class Lifecycle:
         if record is not None and record.state is not TaskState.SUCCESS:
             outcome = "failed"  # the service ran it and it failed: the caller gets TaskFailed
             error = TaskFailed(record.task_id, record.fail_code, record.fail_msg)
-        edit, task_id, telemetry = id(task), task.task_id, self.telemetry
+        task_id, telemetry = task.task_id, self.telemetry
 
         def report(_: object) -> None:
             telemetry.emit(
                 EditEnded(
-                    edit=edit,
+                    # ``id`` of a live task: this closure keeps it alive until it is reported,
+                    # so the next edit (started as its caller woke) cannot be given the same.
+                    edit=id(task),
                     task_id=task_id,
                     outcome=outcome,
                     via=via,

@@ -56,7 +56,16 @@ class Poller:
         self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._stale = 0
+        #: First safety polls, in due order (each is "accepted + safety_poll_after"): a dict
+        #: rather than heap entries, so a task that ends (nearly all, by callback) leaves at
+        #: once, by reference counting, instead of lingering until compaction and being freed
+        #: in bursts, which is what made the cyclic GC run often.
+        self._first: dict[Task, float] = {}
+        self._first_last = -math.inf
         self._wake = asyncio.Event()
+        #: When the runner wakes by itself (inf: not before it is woken): an entry due later
+        #: needs no wake-up call.
+        self._sleep_until = math.inf
         self._runner: asyncio.Task[None] | None = None
         self._polls: dict[asyncio.Task[None], Task] = {}
         self._last_poll: dict[Task, float] = {}
@@ -74,7 +83,10 @@ class Poller:
         elif poll_now:
             due = now
         elif self.safety_net:
-            due = task.started + self._settings.safety_poll_after
+            due = now + self._settings.safety_poll_after
+            if self._first_last <= due <= task.deadline:
+                self._schedule_first(task, due)
+                return
         else:
             due = now + self._interval(task, now)
         self._push(task, due)
@@ -95,6 +107,8 @@ class Poller:
     def forget(self, task: Task) -> None:
         """A watched task ended; compact the heap when it is mostly stale."""
         self._last_poll.pop(task, None)
+        if self._first.pop(task, None) is not None:
+            return  # it never had a heap entry
         self._stale += 1
         if self._stale > _COMPACT_AFTER and self._stale * 2 > len(self._heap):
             self._heap = [e for e in self._heap if not e[2].done and e[0] == e[2].due]
@@ -112,18 +126,55 @@ class Poller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._heap.clear()
+        self._first.clear()
         self._last_poll.clear()
 
     def _push(self, task: Task, due: float) -> None:
         due = min(due, task.deadline)
+        self._first.pop(task, None)  # a task has one current entry: this one
         task.due = due
-        head = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (due, next(self._seq), task))
-        if head is None or due < head:
+        if due < self._sleep_until:
             self._wake.set()
+        self._ensure_runner()
+
+    def _schedule_first(self, task: Task, due: float) -> None:
+        """Queue ``task``'s first safety poll; ``due`` is never before the last one queued."""
+        task.due = self._first_last = due
+        self._first[task] = due
+        if due < self._sleep_until:
+            self._wake.set()
+        self._ensure_runner()
+
+    def _ensure_runner(self) -> None:
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name="seedream-poller")
             self._runner.add_done_callback(self._runner_done)
+
+    def _head(self) -> float | None:
+        """When the next entry is due, if any."""
+        first = next(iter(self._first.values()), None)
+        heap = self._heap[0][0] if self._heap else None
+        if first is None or (heap is not None and heap < first):
+            return heap
+        return first
+
+    def _pop_due(self, now: float) -> Task | None:
+        """The earliest current entry due by ``now``, removed; None if nothing is due."""
+        first, heap = self._first, self._heap
+        while True:
+            head = next(iter(first.items()), None)
+            if heap and heap[0][0] <= now and (head is None or heap[0][0] < head[1]):
+                due, _, task = heapq.heappop(heap)
+                if not task.done and due == task.due:
+                    return task
+            elif head is not None and head[1] <= now:
+                task = head[0]
+                del first[task]  # always current: a rescheduled task left it already
+                if not task.done:
+                    return task
+            else:
+                return None
 
     def _interval(self, task: Task, now: float) -> float:
         if self.safety_net:
@@ -136,17 +187,16 @@ class Poller:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            while self._heap and self._heap[0][0] <= now and len(self._polls) < self._max_polls:
-                due, _, task = heapq.heappop(self._heap)
-                if task.done or due != task.due:
-                    continue
+            while len(self._polls) < self._max_polls and (task := self._pop_due(now)) is not None:
                 if now >= task.deadline:
                     self._lifecycle.expire(task)
                 elif task.task_id is not None:
                     self._start_poll(task)
             timeout = None
-            if self._heap and len(self._polls) < self._max_polls:
-                timeout = max(0.0, self._heap[0][0] - now)
+            self._sleep_until = math.inf
+            if len(self._polls) < self._max_polls and (head := self._head()) is not None:
+                timeout = max(0.0, head - now)
+                self._sleep_until = now + timeout
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from yarl import URL
@@ -222,6 +223,25 @@ async def test_waiters_that_give_up_never_touch_the_task(
     assert late.urls == results[0].urls
     assert client.in_flight == 0
     assert (await handle.record()).state is TaskState.SUCCESS
+
+
+async def test_a_finished_edit_is_freed_at_once(sim: Simulator, make_client: ClientFactory) -> None:
+    """Nothing keeps a finished task: it is freed by reference counting, at once.
+
+    A schedule entry left behind for each finished task (lazy deletion) would keep thousands
+    alive at once and free them in bursts, which is what makes the cyclic GC run often.
+    """
+    sim.config.latency = (0.01, 0.05)
+    client = make_client(callbacks=True, safety_poll_after=30.0)
+    handles = [await client.submit(request(i)) for i in range(20)]
+    tasks = [h._task for h in handles]
+    for h in handles:
+        assert_real(await h.result(), sim)
+    assert client.in_flight == 0
+    del handles, h
+    for task in tasks:  # only this test's list still refers to it
+        assert gc.get_referrers(task) == [tasks]
+    assert sim.stats.polls == 0
 
 
 async def test_cancel_during_submit_keeps_tracking(

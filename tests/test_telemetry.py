@@ -68,6 +68,29 @@ async def test_an_edit_reports_each_step_in_order(make_client: ClientFactory) ->
     assert 0 <= ended.wake_seconds < 1
 
 
+async def test_edits_one_after_another_never_share_an_edit_id(make_client: ClientFactory) -> None:
+    """``edit`` tells live edits apart: none is reused before its edit's ``EditEnded``.
+
+    The next edit starts as soon as the last one's caller wakes, before that edit's
+    ``EditEnded`` is reported; a freed edit's identity reused by the next one would end the
+    wrong span.
+    """
+    recorder = Recorder()
+    client = make_client(callbacks=True, hooks=[recorder])
+    for n in range(5):
+        await client.edit(request(n))
+    await client.aclose()
+    live: set[int] = set()
+    for event in recorder.events:
+        if isinstance(event, EditQueued):
+            assert event.edit not in live, "an edit id reused while its edit was live"
+            live.add(event.edit)
+        elif isinstance(event, EditEnded):
+            live.remove(event.edit)
+    assert not live
+    assert len(recorder.of(EditEnded)) == 5
+
+
 async def test_polling_failures_and_429s_are_reported(
     sim: Simulator, make_client: ClientFactory
 ) -> None:
