@@ -187,10 +187,18 @@ class Tracker:
             self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
             return on_sent() if on_sent is not None else None
 
-        create = asyncio.ensure_future(self.transport.create_task(sendable, callback_url, sending))
+        # createTask runs in a task of its own and relays its answer to a future the caller
+        # awaits: cancelling the caller cancels that future, never the request (a request
+        # aborted after it went out may have made a task nobody would know of). The relay is
+        # ``asyncio.shield`` without its future, two callbacks and an extra loop turn.
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        create = loop.create_task(self._create(sendable, callback_url, sending, answer))
         try:
-            task_id = await asyncio.shield(create)
+            task_id = await answer
         except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # answered as the caller was cancelled: seen, not logged
             if task.phase is Phase.QUEUED:  # nothing went out: stop it there
                 create.cancel()
                 self.lifecycle.refused(task)
@@ -250,18 +258,40 @@ class Tracker:
         if on_accepted is not None:
             on_accepted(task)
 
+    async def _create(
+        self,
+        request: EditRequest,
+        callback_url: URL | None,
+        on_send: OnSend,
+        answer: asyncio.Future[str],
+    ) -> str | Exception:
+        """createTask; its outcome goes to ``answer`` (unless the caller gave up), and back."""
+        assert self.transport is not None
+        try:
+            task_id = await self.transport.create_task(request, callback_url, on_send)
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        except Exception as e:
+            if not answer.done():
+                answer.set_exception(e)
+            return e  # returned, not raised: this task's outcome is read by ``_settle`` alone
+        if not answer.done():
+            answer.set_result(task_id)
+        return task_id
+
     def _settle(
-        self, task: Task, create: asyncio.Future[str], on_accepted: OnAccepted | None
+        self, task: Task, create: asyncio.Task[str | Exception], on_accepted: OnAccepted | None
     ) -> None:
         """Finish a submission whose caller was cancelled after createTask went out."""
         if create.cancelled():
             self.lifecycle.refused(task)
-        elif isinstance(error := create.exception(), SubmissionUnknown):
-            self.lifecycle.answer_lost(task, error)
-        elif error is not None:
+        elif isinstance(outcome := create.result(), SubmissionUnknown):
+            self.lifecycle.answer_lost(task, outcome)
+        elif isinstance(outcome, Exception):
             self.lifecycle.refused(task)
         else:
-            self._accepted(task, create.result(), on_accepted)
+            self._accepted(task, outcome, on_accepted)
 
     async def _await_unknown(
         self, task: Task, error: SubmissionUnknown, on_accepted: OnAccepted | None
