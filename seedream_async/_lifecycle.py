@@ -71,6 +71,10 @@ FINISHED_TOKENS_KEPT = 10_000
 class Phase(enum.Enum):
     """Where a task is in its life."""
 
+    #: Members are singletons compared by identity: hash them in C, not through
+    #: ``Enum.__hash__`` (a Python call for every transition and ``done`` check).
+    __hash__ = object.__hash__
+
     QUEUED = "queued"
     SENDING = "sending"
     ACCEPTED = "accepted"
@@ -97,6 +101,8 @@ _OUTCOMES: dict[Phase, Outcome] = {
 
 class Event(enum.Enum):
     """What collaborators report."""
+
+    __hash__ = object.__hash__  # as Phase's
 
     SEND = "send"
     ACCEPTED = "accepted"
@@ -143,6 +149,8 @@ TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
 
 class Offer(enum.Enum):
     """What became of a callback offered to the lifecycle."""
+
+    __hash__ = object.__hash__  # as Phase's
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"

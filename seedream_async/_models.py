@@ -75,6 +75,8 @@ class TaskState(enum.StrEnum):
 
 
 def _member(cls: type[_E], field: str, value: object) -> _E:
+    if type(value) is cls:
+        return value  # a member already (the defaults): no lookup
     try:
         return cls(value)
     except ValueError:
@@ -163,6 +165,11 @@ ImageSource = URL | LocalImage
 
 
 def _image_urls(value: Iterable[str | URL | os.PathLike[str]]) -> tuple[ImageSource, ...]:
+    if type(value) is list or type(value) is tuple:  # the usual case: no ABC checks
+        urls = tuple(_one_url(v) if type(v) is str else _one_source(v) for v in value)
+        if not 1 <= len(urls) <= MAX_IMAGES:
+            raise InvalidRequest("image_urls", f"needs 1 to {MAX_IMAGES} URLs, got {len(urls)}")
+        return urls
     if isinstance(value, str | URL | os.PathLike):
         raise InvalidRequest("image_urls", "must be a list of URLs or paths, not a single one")
     if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):

@@ -144,9 +144,13 @@ class CallbackReceiver:
 
     def url_for(self, token: str) -> URL:
         """Return the callback URL for one submission's token (URL-safe by construction)."""
+        return URL(self.url_string(token), encoded=True)
+
+    def url_string(self, token: str) -> str:
+        """``url_for(token)`` as the string createTask sends (no URL object per submission)."""
         if self._url_prefix is None:
             self._url_prefix = str(self.public_url / self.path.lstrip("/")) + "/"
-        return URL(self._url_prefix + token, encoded=True)
+        return self._url_prefix + token
 
     def attach(self, lifecycle: Lifecycle, coordinator: Coordinator | None = None) -> None:
         """Resolve tasks of this lifecycle (one client's); called by the client."""

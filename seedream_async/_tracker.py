@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Callable, Coroutine
 
 import aiohttp
-from yarl import URL
 
 from ._config import Settings
 from ._coordination import Coordinator, LocalCoordinator
@@ -249,9 +248,9 @@ class Tracker:
         await task.wait()
         return task
 
-    def _callback_url(self, token: str) -> URL:
+    def _callback_url(self, token: str) -> str:
         assert self.receiver is not None
-        return self.receiver.url_for(token)
+        return self.receiver.url_string(token)
 
     def _accepted(self, task: Task, task_id: str, on_accepted: OnAccepted | None) -> None:
         self.lifecycle.accepted(task, task_id)
@@ -261,7 +260,7 @@ class Tracker:
     async def _create(
         self,
         request: EditRequest,
-        callback_url: URL | None,
+        callback_url: str | None,
         on_send: OnSend,
         answer: asyncio.Future[str],
     ) -> str | Exception:

@@ -121,7 +121,7 @@ class Transport:
     async def create_task(
         self,
         request: EditRequest,
-        callback_url: URL | None,
+        callback_url: URL | str | None,
         on_send: OnSend | None = None,
     ) -> str:
         """Submit one task and return its id; never resubmit one that may exist."""
@@ -140,7 +140,9 @@ class Transport:
                 continue
             except (aiohttp.ClientError, TimeoutError) as e:
                 unknown = SubmissionUnknown(
-                    f"{type(e).__name__} after sending", request=request, callback_url=callback_url
+                    f"{type(e).__name__} after sending",
+                    request=request,
+                    callback_url=_as_url(callback_url),
                 )
                 if self._resubmit(attempt):
                     log.warning("createTask answer lost (%s); resubmitting as opted in", e)
@@ -159,10 +161,14 @@ class Transport:
                     raise
                 if not self._resubmit(attempt):
                     raise SubmissionUnknown(
-                        f"server error: {e.message}", request=request, callback_url=callback_url
+                        f"server error: {e.message}",
+                        request=request,
+                        callback_url=_as_url(callback_url),
                     ) from e
             except MalformedPayload as e:
-                raise SubmissionUnknown(str(e), request=request, callback_url=callback_url) from e
+                raise SubmissionUnknown(
+                    str(e), request=request, callback_url=_as_url(callback_url)
+                ) from e
         raise AssertionError("unreachable: the last attempt raises or returns")
 
     async def get_record(self, task_id: str) -> TaskRecord:
@@ -277,3 +283,8 @@ def _may_have_run(e: ApiError) -> bool:
 
 def _network_error(e: BaseException, endpoint: str) -> ServerError:
     return ServerError(f"network failure: {type(e).__name__}: {e}", code=None, endpoint=endpoint)
+
+
+def _as_url(url: URL | str | None) -> URL | None:
+    """A callback URL as errors carry it (built only when one is raised)."""
+    return URL(url, encoded=True) if isinstance(url, str) else url

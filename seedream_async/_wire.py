@@ -90,7 +90,7 @@ class MalformedPayload(ValueError):
 # --- requests ---------------------------------------------------------------------------
 
 
-def create_task_body(request: EditRequest, callback_url: URL | None) -> bytes:
+def create_task_body(request: EditRequest, callback_url: URL | str | None) -> bytes:
     """Encode the createTask JSON body (every image a URL: upload local ones first)."""
     urls = [str(u) for u in request.image_urls if isinstance(u, URL)]
     if len(urls) != len(request.image_urls):
