@@ -15,6 +15,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -129,6 +131,69 @@ async def batch_peak(small: int, large: int, in_flight: int) -> dict[str, Any]:
         "growth": runs[str(large)]["peak"] / runs[str(small)]["peak"] - 1,
         "raw": runs,
     }
+
+
+async def instructions(sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """Client instructions per task under cachegrind: counts that the machine's noise does not
+    move (two runs of the same code agree within ~1 %), where CPU time moves by up to 30 %.
+
+    Each variant runs twice, with ``lo`` and ``hi`` tasks; the difference divided by
+    ``hi - lo`` is the cost of one task without the start-up's. Instructions do not see
+    memory stalls (the cyclic GC's pointer chasing is mostly that), so CPU time stays the
+    measure of the targets; this tells which way a change moves the SDK's own work.
+    """
+    if not sizes:
+        return {"skipped": "not in the quick plan (a minute under valgrind)"}
+    if shutil.which("valgrind") is None:
+        return {"skipped": "valgrind is not installed"}
+    table: dict[str, Any] = {}
+    for in_flight, (lo, hi) in sizes.items():
+        row = table.setdefault(in_flight, {})
+        for variant in ("baseline", "edit", "edit_many"):
+            counts = [await _instructions(variant, n, int(in_flight)) for n in (lo, hi)]
+            row[variant] = {"per_task": (counts[1] - counts[0]) / (hi - lo)}
+        for variant in ("edit", "edit_many"):
+            row[variant]["ratio"] = row[variant]["per_task"] / row["baseline"]["per_task"]
+    return {"sizes": sizes, "results": table}
+
+
+async def _instructions(variant: str, n: int, in_flight: int) -> int:
+    """Instructions the client process ran for ``n`` tasks (plus start-up and warm-up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Simulator(SimulatorConfig()) as sim:
+            argv = [
+                "valgrind",
+                "--tool=cachegrind",
+                "--cache-sim=no",
+                f"--cachegrind-out-file={tmp}/out",
+                sys.executable,
+                "-m",
+                "benchmarks.client",
+                "overhead",
+                "--url",
+                str(sim.url),
+                "--variant",
+                variant,
+                "--n",
+                str(n),
+                "--in-flight",
+                str(in_flight),
+            ]
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
+            if PINNED:
+                env["BENCH_CLIENT_CPU"] = str(CLIENT_CPU)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=HERE.parent,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+    found = re.search(rb"I\s+refs:\s+([\d,]+)", err)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"cachegrind of {variant} failed:\n{err.decode()[-3000:]}")
+    return int(found.group(1).replace(b",", b""))
 
 
 async def million(small: int, large: int) -> dict[str, Any]:
@@ -275,6 +340,16 @@ def fast_path_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
             journal <= 1.1,
         ),
     ]
+    counted = r.get("instructions", {}).get("results", {})
+    for in_flight, row in counted.items():
+        rows.append(
+            (
+                f"client instructions per task at {in_flight} in flight, under cachegrind"
+                " (report: the same work without the machine's noise)",
+                f"edit_many {row['edit_many']['ratio']:.2f}x, edit {row['edit']['ratio']:.2f}x",
+                True,
+            )
+        )
     if "million" in r:
         m = r["million"]
         rows += [
@@ -377,6 +452,34 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
         f" {cpu['alone']:.0f} us alone, {cpu['redis']:.0f} us with the coordinator,"
         f" **{trips['cpu_ratio']:.2f}x**.",
     ]
+
+
+def instructions_markdown(i: dict[str, Any] | None) -> list[str]:
+    if i is None:
+        return []
+    if "skipped" in i:
+        return ["## 10. Instructions per task", "", f"Not measured: {i['skipped']}."]
+    lines = [
+        "## 10. Instructions per task",
+        "",
+        "The client under `valgrind --tool=cachegrind --cache-sim=no`, each variant run with"
+        " two batch sizes; the difference per task leaves start-up and warm-up out. Two runs"
+        " of the same code agree within ~1 %, so this is the measure that tells which way a"
+        " change moves the SDK's own work; it does not see memory stalls (most of the cyclic"
+        " GC's cost), which the CPU times of table 1 do.",
+        "",
+        "| in flight | tasks (difference of) | variant | instructions per task | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for in_flight, row in i["results"].items():
+        lo, hi = i["sizes"][in_flight]
+        for variant, v in row.items():
+            ratio = f"{v['ratio']:.2f}" if "ratio" in v else "1"
+            lines.append(
+                f"| {in_flight} | {hi:,} - {lo:,} | {variant} | {v['per_task'] / 1e3:,.0f} k"
+                f" | {ratio} |"
+            )
+    return lines
 
 
 def million_markdown(m: dict[str, Any] | None) -> list[str]:
@@ -524,6 +627,8 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         "",
         *million_markdown(r.get("million")),
         "",
+        *instructions_markdown(r.get("instructions")),
+        "",
         notes.strip(),
         "",
     ]
@@ -541,6 +646,7 @@ ONLY = (
     "fleet",
     "uploads",
     "million",
+    "instructions",
 )
 
 
@@ -564,6 +670,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
             plan.reps, plan.upload_files[0], plan.upload_files[1], 5 << 20
         ),
         "million": lambda: million(*plan.million),
+        "instructions": lambda: instructions(plan.counted),
     }
 
 
@@ -601,6 +708,10 @@ class Plan:
     million: tuple[int, int] = (10_000, 1_000_000)
     #: Repetitions of the overhead table, the noisiest figures on a shared machine.
     overhead_reps: int = 0
+    #: In flight -> the two batch sizes whose instruction counts are subtracted.
+    counted: dict[str, tuple[int, int]] = attrs.field(
+        factory=lambda: {"100": (500, 2500), "1000": (1000, 4000)}
+    )
 
     @property
     def table_reps(self) -> int:
@@ -622,6 +733,7 @@ QUICK = Plan(
     200,
     (4, 12),
     (2_000, 20_000),
+    counted={},
 )
 FULL = Plan(
     3,
