@@ -98,11 +98,14 @@ async def bounded(work: Callable[[int], Awaitable[object]], n: int, in_flight: i
     slots = asyncio.Semaphore(in_flight)
     done = asyncio.Event()
     left = n
+    failures: list[Exception] = []
 
     async def guarded(i: int) -> None:
         nonlocal left
         try:
             await work(i)
+        except Exception as e:  # a failed task must fail the run, not be measured
+            failures.append(e)
         finally:
             slots.release()
             left -= 1
@@ -116,3 +119,5 @@ async def bounded(work: Callable[[int], Awaitable[object]], n: int, in_flight: i
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await done.wait()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} tasks failed") from failures[0]

@@ -132,8 +132,9 @@ class Transport:
                 status, raw, retry_after = await self._exchange(
                     self.create_limiter, "POST", self._create_url, body, on_send
                 )
-            except aiohttp.ClientConnectorError as e:
-                # The connection never opened, so nothing was sent: safe to try again.
+            except NEVER_SENT as e:
+                # No connection was had (refused, or none free in time): nothing was sent,
+                # so trying again cannot pay twice.
                 if attempt + 1 == attempts:
                     raise _network_error(e, "createTask") from e
                 await asyncio.sleep(backoff_delay(self.settings, attempt))
@@ -244,8 +245,8 @@ class Transport:
                 else:
                     raw = await self._read_capped(resp)
                 return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError:
-            sent = False  # the connection never opened: the service counted nothing
+        except NEVER_SENT:
+            sent = False  # no connection was had: the service counted nothing
             raise
         finally:
             limiter.release(grant, sent=sent)
@@ -279,6 +280,11 @@ def _may_have_run(e: ApiError) -> bool:
     """A 5xx may come after the service made the task; a proxy's 403 page may not."""
     status = e.code if e.code is not None else e.http_status
     return status is not None and status >= 500
+
+
+#: Failures before a request had a connection: a connection that could not be opened, and no
+#: connection (new, or free in the pool) within ``connect_timeout``. Nothing was sent.
+NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 def _network_error(e: BaseException, endpoint: str) -> ServerError:

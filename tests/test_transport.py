@@ -20,7 +20,7 @@ from seedream_async import (
     TaskState,
 )
 from seedream_async.simulator import Simulator, SimulatorConfig
-from tests.conftest import FAST, ClientFactory, request
+from tests.conftest import FAST, ClientFactory, request, until
 
 
 async def test_create_and_get(sim: Simulator, make_client: ClientFactory) -> None:
@@ -51,6 +51,28 @@ async def test_lost_answer_is_unknown_and_not_resubmitted(
     assert info.value.request == request(1)
     assert sim.stats.tasks_created == 1
     assert sim.stats.create_requests == 1
+
+
+async def test_waiting_too_long_for_a_pooled_connection_sent_nothing(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """A createTask that timed out waiting for a free connection never left: it is sent
+    when a connection frees, not taken for a lost answer (which would wait for a callback
+    that cannot come, until the task's deadline)."""
+    sim.config.lost_answer_rate = 1.0
+    sim.config.lost_answer_mode = "hang"  # the first createTask holds the only connection
+    client = make_client(
+        connection_limit=1, connect_timeout=0.2, request_timeout=1.0, backoff_initial=0.2
+    )
+    first = asyncio.create_task(client.create_task(request(1)))
+    await until(lambda: sim.stats.tasks_created == 1)
+    sim.config.lost_answer_rate = 0.0
+    second = await client.create_task(request(2))  # queued for the connection meanwhile
+    assert second in sim.tasks
+    with pytest.raises(SubmissionUnknown):
+        await first  # it was sent: its answer is the one lost
+    assert sim.stats.tasks_created == 2  # nothing paid twice
+    assert sim.stats.create_requests == 2
 
 
 async def test_opt_in_resubmits_unknown(sim: Simulator, make_client: ClientFactory) -> None:
