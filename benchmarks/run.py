@@ -41,10 +41,22 @@ SERVICE_CPU, CLIENT_CPU = [*sorted(os.sched_getaffinity(0)), 0, 0][:2]
 
 async def client(mode: str, sim: Simulator, **options: object) -> dict[str, Any]:
     """Run one client measurement in a fresh process against ``sim``."""
-    argv = [sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
+    out, _ = await run_client([], mode, sim, options)
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def run_client(
+    wrapper: list[str], mode: str, sim: Simulator, options: dict[str, object]
+) -> tuple[bytes, bytes]:
+    """Run ``benchmarks.client`` (under ``wrapper``, say valgrind) in a fresh process, pinned
+    to the client's core; its stdout and stderr."""
+    argv = [*wrapper, sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
     for name, value in options.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, **({"BENCH_CLIENT_CPU": str(CLIENT_CPU)} if PINNED else {})}
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if PINNED:
+        env["BENCH_CLIENT_CPU"] = str(CLIENT_CPU)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=HERE.parent,
@@ -54,9 +66,8 @@ async def client(mode: str, sim: Simulator, **options: object) -> dict[str, Any]
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{err.decode()[-3000:]}")
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return result
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{err.decode()[-3000:]}")
+    return out, err
 
 
 async def measured(mode: str, config: SimulatorConfig, **options: object) -> dict[str, Any]:
@@ -161,38 +172,13 @@ async def _instructions(variant: str, n: int, in_flight: int) -> int:
     """Instructions the client process ran for ``n`` tasks (plus start-up and warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         async with Simulator(SimulatorConfig()) as sim:
-            argv = [
-                "valgrind",
-                "--tool=cachegrind",
-                "--cache-sim=no",
-                f"--cachegrind-out-file={tmp}/out",
-                sys.executable,
-                "-m",
-                "benchmarks.client",
-                "overhead",
-                "--url",
-                str(sim.url),
-                "--variant",
-                variant,
-                "--n",
-                str(n),
-                "--in-flight",
-                str(in_flight),
-            ]
-            env = {**os.environ, "PYTHONHASHSEED": "0"}
-            if PINNED:
-                env["BENCH_CLIENT_CPU"] = str(CLIENT_CPU)
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=HERE.parent,
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await proc.communicate()
+            wrapper = ["valgrind", "--tool=cachegrind", "--cache-sim=no"]
+            wrapper.append(f"--cachegrind-out-file={tmp}/out")
+            options: dict[str, object] = {"variant": variant, "n": n, "in_flight": in_flight}
+            _, err = await run_client(wrapper, "overhead", sim, options)
     found = re.search(rb"I\s+refs:\s+([\d,]+)", err)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"cachegrind of {variant} failed:\n{err.decode()[-3000:]}")
+    if found is None:
+        raise RuntimeError(f"cachegrind of {variant} counted nothing:\n{err.decode()[-3000:]}")
     return int(found.group(1).replace(b",", b""))
 
 
