@@ -167,14 +167,12 @@ ImageSource = URL | LocalImage
 def _image_urls(value: Iterable[str | URL | os.PathLike[str]]) -> tuple[ImageSource, ...]:
     if type(value) is list or type(value) is tuple:  # the usual case: no ABC checks
         urls = tuple(_one_url(v) if type(v) is str else _one_source(v) for v in value)
-        if not 1 <= len(urls) <= MAX_IMAGES:
-            raise InvalidRequest("image_urls", f"needs 1 to {MAX_IMAGES} URLs, got {len(urls)}")
-        return urls
-    if isinstance(value, str | URL | os.PathLike):
+    elif isinstance(value, str | URL | os.PathLike):
         raise InvalidRequest("image_urls", "must be a list of URLs or paths, not a single one")
-    if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
+    elif isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
         raise InvalidRequest("image_urls", f"must be a list of URLs, got {type(value).__name__}")
-    urls = tuple(_one_source(v) for v in value)
+    else:
+        urls = tuple(_one_source(v) for v in value)
     if not 1 <= len(urls) <= MAX_IMAGES:
         raise InvalidRequest("image_urls", f"needs 1 to {MAX_IMAGES} URLs, got {len(urls)}")
     return urls
