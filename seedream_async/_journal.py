@@ -3,18 +3,19 @@ The batch journal: a SQLite file that makes a batch survive ``kill -9`` without 
 
 Each input's row is written *before* its createTask is sent (index, request fingerprint,
 callback token), updated with the task id once accepted, then with the final outcome. Writes
-are grouped: everything written during one turn of the event loop is committed (WAL) in one
-transaction at the end of that turn, before the loop waits for I/O again, so a killed process
-leaves a journal that says how far each input got, and a batch of thousands pays one commit
-per turn instead of one per write. A createTask waits for the commit of its ``sending`` row.
+are grouped: everything written within a few milliseconds (``COMMIT_GAP``; ``FSYNC_GAP`` for
+``sending`` rows) is committed (WAL) in one transaction, so a killed process leaves a journal
+that says how far each input got, and a batch of thousands pays one commit per gap instead of
+one per write or per loop turn. A createTask waits for the commit of its ``sending`` row.
 
 What survives what:
 
 - ``kill -9`` or a crash of the process: everything committed. Writes still queued (those
-  of the current turn, or of the last ``FSYNC_GAP`` when a fsync is pending) are lost: such
-  an input reads ``sending`` and is reconciled by its callback token, or reported
-  ``unknown``; never sent twice, since no createTask leaves before its row is committed.
-- A power cut or OS crash: a turn with ``sending`` rows is committed with
+  of the last ``COMMIT_GAP``, 5 ms) are lost: an input whose task id was lost reads
+  ``sending`` and is reconciled by its callback token, or reported ``unknown``; one whose
+  outcome was lost reads ``accepted`` and is re-attached by its task id. Never sent twice,
+  since no createTask leaves before its row is committed.
+- A power cut or OS crash: a group with ``sending`` rows is committed with
   ``synchronous=FULL`` (the WAL is fsynced, once for all of them, before any of those
   createTask go out), so a rerun never resubmits a sent input. Later
   updates use ``NORMAL`` and may roll back to ``sending``; the rerun then reconciles that
@@ -73,6 +74,9 @@ SCHEMA_VERSION = "1"
 #: Least seconds between two fsynced commits: a createTask waits at most this long for its
 #: ``sending`` row, and at thousands of edits a second one fsync covers a whole group.
 FSYNC_GAP = 0.005
+#: Least seconds between two commits of updates (task ids, outcomes): a busy batch writes on
+#: nearly every loop turn, and one commit (a WAL write) per turn cost more than the rows.
+COMMIT_GAP = 0.005
 #: Rows ``get`` reads in one query when a batch resumes.
 READ_AHEAD = 2048
 
@@ -167,13 +171,15 @@ class Journal:
         self._queued: list[tuple[str, tuple[Any, ...]]] = []
         #: createTasks waiting for their ``sending`` rows to be durable.
         self._durable: list[asyncio.Future[None]] = []
-        self._flush_scheduled = False
+        #: The scheduled commit of the queued writes, if any.
+        self._flush: asyncio.Handle | None = None
+        self._flush_at = 0.0
         #: A failed background commit, raised by the next call (the batch stops on it).
         self._failure: JournalError | None = None
         #: Rows read ahead by ``get`` (None: read, absent from the journal).
         self._ahead: dict[int, tuple[Any, ...] | None] = {}
-        #: Loop time of the last fsynced commit.
-        self._last_fsync = -math.inf
+        #: Loop time of the last fsynced commit, and of the last commit.
+        self._last_fsync = self._last_commit = -math.inf
         try:
             # Created by us, it is ours alone: it holds callback tokens.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -224,24 +230,28 @@ class Journal:
     # --- grouped writes -------------------------------------------------------------------
 
     def _write(self, sql: str, args: tuple[Any, ...], *, durable: bool = False) -> None:
-        """Queue a write for this loop turn's commit (at once, outside an event loop). A
-        ``durable`` one waits for a fsync; fsyncs come at most every ``FSYNC_GAP`` seconds,
-        so at high throughput each covers many rows, and at low throughput none waits."""
+        """Queue a write for the next commit (at once, outside an event loop). Commits come
+        at most every ``COMMIT_GAP`` seconds; a ``durable`` write waits for a fsync, and
+        fsyncs at most every ``FSYNC_GAP``: at high throughput each covers many rows, and at
+        low throughput none waits."""
         if self._failure is not None:
             raise self._failure
         self._queued.append((sql, args))
-        if self._flush_scheduled:
+        if self._flush is not None and not durable:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._flush_scheduled = True
-        if durable:
-            loop.call_at(self._last_fsync + FSYNC_GAP, self._flush_in_loop)
-        else:
-            loop.call_soon(self._flush_in_loop)
+        when = self._last_fsync + FSYNC_GAP if durable else self._last_commit + COMMIT_GAP
+        if self._flush is not None:
+            if durable and when < self._flush_at:
+                self._flush.cancel()  # a createTask is waiting: no later than its own gap
+            else:
+                return
+        self._flush_at = when  # (uvloop's handle of a time already past has no ``when()``)
+        self._flush = loop.call_at(when, self._flush_in_loop)
 
     def _flush_in_loop(self) -> None:
         try:
@@ -252,38 +262,44 @@ class Journal:
     def flush(self) -> None:
         """Commit every queued write in one transaction (fsynced when one is a ``sending``
         row), then let the createTasks waiting for it go."""
-        self._flush_scheduled = False
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         queued, self._queued = self._queued, []
         durable, self._durable = self._durable, []
         if not queued:
             return
         try:
-            if durable:
-                self._query("PRAGMA synchronous=FULL", ())
-            try:
-                self._query("BEGIN", ())
-                # Runs of the same statement go to sqlite as one executemany, in order.
-                for sql, runs in itertools.groupby(queued, key=operator.itemgetter(0)):
-                    self._query_many(sql, [args for _, args in runs])
-                self._query("COMMIT", ())
-            except JournalError:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-            finally:
-                if durable:
-                    self._query("PRAGMA synchronous=NORMAL", ())
+            self._commit(queued, durable=bool(durable))
         except JournalError as e:
             for waiter in durable:
                 if not waiter.done():
                     waiter.set_exception(e)
             raise
-        if durable:
-            with contextlib.suppress(RuntimeError):
-                self._last_fsync = asyncio.get_running_loop().time()
+        with contextlib.suppress(RuntimeError):
+            self._last_commit = asyncio.get_running_loop().time()
+            if durable:
+                self._last_fsync = self._last_commit
         for waiter in durable:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _commit(self, queued: list[tuple[str, tuple[Any, ...]]], *, durable: bool) -> None:
+        if durable:
+            self._query("PRAGMA synchronous=FULL", ())
+        try:
+            self._query("BEGIN", ())
+            # Runs of the same statement go to sqlite as one executemany, in order.
+            for sql, runs in itertools.groupby(queued, key=operator.itemgetter(0)):
+                self._query_many(sql, [args for _, args in runs])
+            self._query("COMMIT", ())
+        except JournalError:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            if durable:
+                self._query("PRAGMA synchronous=NORMAL", ())
 
     def last_index(self) -> int | None:
         """The highest input index journaled, if any."""
@@ -348,7 +364,7 @@ class Journal:
             (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
             durable=True,
         )
-        if not self._flush_scheduled:  # outside a loop: already committed
+        if self._flush is None:  # outside a loop: already committed
             return None
         waiter = asyncio.get_running_loop().create_future()
         self._durable.append(waiter)

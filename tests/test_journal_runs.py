@@ -25,7 +25,7 @@ from seedream_async import (
     JournalMismatch,
     SeedreamClient,
 )
-from seedream_async._journal import Journal, Stage
+from seedream_async._journal import COMMIT_GAP, Journal, Stage
 from seedream_async.simulator import Simulator, SimulatorConfig
 from tests.conftest import FAST, ClientFactory, request, until
 from tests.test_cli import run, small_manifest
@@ -234,3 +234,27 @@ async def test_every_create_goes_out_after_its_sending_row_is_committed(
     assert all(rows >= n for n, rows in seen), [s for s in seen if s[1] < s[0]][:5]
     with Journal(journal) as j:
         assert j.counts() == {Stage.SUCCEEDED: 200}
+
+
+async def test_updates_over_many_loop_turns_share_a_commit(tmp_path: Path) -> None:
+    """A busy batch journals an update on nearly every turn of the event loop; committing each
+    turn's writes alone cost a WAL write per turn. Updates wait up to ``COMMIT_GAP`` to share
+    one, and are then visible to any other reader."""
+    journal = tmp_path / "j.sqlite"
+    wal = journal.with_name(journal.name + "-wal")
+    turns = 200
+    with Journal(journal) as j, contextlib.closing(sqlite3.connect(journal)) as other:
+        (page,) = other.execute("PRAGMA page_size").fetchone()
+        j.sending(0, request(0), "t" * 24)
+        j.flush()
+        before = wal.stat().st_size
+        for turn in range(turns):
+            j.accepted(0, f"task_{turn}")
+            await asyncio.sleep(0)
+        await asyncio.sleep(2 * COMMIT_GAP)
+        await asyncio.sleep(0)
+        (task_id,) = other.execute("SELECT task_id FROM items WHERE idx = 0").fetchone()
+        # Every commit appends at least one page (a frame) to the write-ahead log.
+        commits_at_most = (wal.stat().st_size - before) // (page + 24)
+    assert task_id == f"task_{turns - 1}"  # the last update, committed without a flush call
+    assert 1 <= commits_at_most < turns // 4, commits_at_most
