@@ -115,6 +115,18 @@ class Stage(enum.StrEnum):
         return self in (Stage.SUCCEEDED, Stage.FAILED, Stage.UNKNOWN)
 
 
+# Each write's statement, made once (a batch writes three rows per input).
+_SENDING, _ACCEPTED, _SUCCEEDED = Stage.SENDING.value, Stage.ACCEPTED.value, Stage.SUCCEEDED.value
+_INSERT_SENDING = (
+    "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (idx) DO NOTHING"  # a retry after a connection that never opened
+)
+_SET_ACCEPTED = "UPDATE items SET state = ?, task_id = ?, updated = ? WHERE idx = ?"
+_SET_SUCCEEDED = "UPDATE items SET state = ?, task_id = ?, record = ?, updated = ? WHERE idx = ?"
+_SET_ENDED = "UPDATE items SET state = ?, error = ?, updated = ? WHERE idx = ?"
+_SET_FILES = "UPDATE items SET files = ?, updated = ? WHERE idx = ?"
+
+
 @attrs.frozen(kw_only=True)
 class Entry:
     """One journaled input."""
@@ -359,9 +371,8 @@ class Journal:
         """Journal an input before its createTask is sent; await the future returned (in an
         event loop) before sending: it resolves once the row is durable (fsynced)."""
         self._write(
-            "INSERT INTO items (idx, fingerprint, token, state, updated) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (idx) DO NOTHING",  # a retry after a connection that never opened
-            (index, request.fingerprint(), token, Stage.SENDING.value, time.time()),
+            _INSERT_SENDING,
+            (index, request.fingerprint(), token, _SENDING, time.time()),
             durable=True,
         )
         if self._flush is None:  # outside a loop: already committed
@@ -372,24 +383,22 @@ class Journal:
 
     def accepted(self, index: int, task_id: str) -> None:
         """Journal the task id the service gave an input."""
-        self._update(index, state=Stage.ACCEPTED.value, task_id=task_id)
+        self._write(_SET_ACCEPTED, (_ACCEPTED, task_id, time.time(), index))
 
     def succeeded(self, index: int, result: EditResult) -> None:
         """Journal a successful task's final record."""
-        self._update(
-            index,
-            state=Stage.SUCCEEDED.value,
-            task_id=result.task_id,
-            record=dump_json(record_to_wire(result.record)).decode(),
-        )
+        record = dump_json(record_to_wire(result.record)).decode()
+        self._write(_SET_SUCCEEDED, (_SUCCEEDED, result.task_id, record, time.time(), index))
 
     def ended(self, index: int, stage: Stage, error: BaseException) -> None:
         """Journal an input that ended without a result (failed, or unknown)."""
-        self._update(index, state=stage.value, error=f"{type(error).__name__}: {error}")
+        self._write(
+            _SET_ENDED, (stage.value, f"{type(error).__name__}: {error}", time.time(), index)
+        )
 
     def downloaded(self, index: int, files: list[Path]) -> None:
         """Journal where an input's images were saved."""
-        self._update(index, files=json.dumps([str(f) for f in files]))
+        self._write(_SET_FILES, (json.dumps([str(f) for f in files]), time.time(), index))
 
     def forget(self, index: int) -> None:
         """Drop an input the service refused before making a task: a rerun may send it."""
@@ -414,13 +423,6 @@ class Journal:
         self.flush()
         rows = self._query("SELECT state, COUNT(*) FROM items GROUP BY state", ()).fetchall()
         return {Stage(state): n for state, n in rows}
-
-    def _update(self, index: int, **columns: Any) -> None:
-        names = ", ".join(f"{name} = ?" for name in columns)
-        self._write(
-            f"UPDATE items SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 (names are ours)
-            (*columns.values(), time.time(), index),
-        )
 
     def _query_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         try:

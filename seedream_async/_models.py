@@ -218,6 +218,11 @@ def _check_nsfw(_: object, __: attrs.Attribute[bool | None], value: bool | None)
         raise InvalidRequest("nsfw_checker", f"must be a bool or None, got {value!r}")
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call; the
+#: fingerprints of existing journals depend on this exact output.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"))
+
+
 @attrs.frozen(kw_only=True)
 class EditRequest:
     """One edit: validated at construction, so a bad one never reaches the network."""
@@ -249,7 +254,7 @@ class EditRequest:
 
         A local image counts by its content hash: moving a folder changes nothing.
         """
-        canonical = json.dumps(
+        canonical = _CANONICAL.encode(
             [
                 self.prompt,
                 [
@@ -259,8 +264,7 @@ class EditRequest:
                 self.aspect_ratio.value,
                 self.quality.value,
                 self.nsfw_checker,
-            ],
-            separators=(",", ":"),
+            ]
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -50,6 +50,20 @@ def test_limits_are_inclusive() -> None:
     assert len(EditRequest(prompt="x" * 3000, image_urls=many).image_urls) == 14
 
 
+def test_a_fingerprint_never_changes_across_versions() -> None:
+    """Journals of earlier runs match inputs by it: these digests were made by release code."""
+    plain = EditRequest(prompt="p", image_urls=["https://a.example/x.png"])
+    odd = EditRequest(
+        prompt="Make it blue — ünïcode",
+        image_urls=["https://img.example/a%20b.png", "https://Img.Example/x/../y.png?q=1"],
+        aspect_ratio="16:9",
+        quality="high",
+        nsfw_checker=False,
+    )
+    assert plain.fingerprint() == "4cde0b5c47c254cade55c317238da3b7e0fdee9b7e3385b7c08c6eef1dcaba3d"
+    assert odd.fingerprint() == "0753d91b15e709bea47551ffeff03df4a75945b74baf47ecc1e5e0e57d9fa25f"
+
+
 def test_frozen_and_fingerprint_stable() -> None:
     a = EditRequest(prompt="p", image_urls=URLS)
     b = EditRequest(prompt="p", image_urls=[URL(URLS[0])], aspect_ratio=AspectRatio.SQUARE)
