@@ -71,6 +71,7 @@ class Transport:
         "_create_url",
         "_credit_url",
         "_headers",
+        "_json_headers",
         "_record_url",
         "_session",
         "_timeout",
@@ -98,6 +99,7 @@ class Transport:
             "User-Agent": settings.user_agent,
             "Accept": "application/json",
         }
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._create_url = base_url / CREATE_PATH
         self._record_url = base_url / RECORD_PATH
         self._credit_url = base_url / CREDIT_PATH
@@ -228,9 +230,7 @@ class Transport:
                 raise ClientClosed("the client was closed before this request went out")
             if on_send is not None and isinstance(durable := on_send(), asyncio.Future):
                 await durable  # say, the journal's row for it committed
-            headers = self._headers
-            if body is not None:
-                headers = {**headers, "Content-Type": "application/json"}
+            headers = self._headers if body is None else self._json_headers
             sent = True
             async with self._session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout
