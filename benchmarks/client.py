@@ -33,6 +33,7 @@ from seedream_async import (
     SeedreamClient,
     Settings,
 )
+from seedream_async._allocator import warm_allocator
 from seedream_async._journal import Journal
 
 #: No createTask limit: the overhead runs measure the SDK, not the account.
@@ -309,8 +310,8 @@ def peak_rss() -> int:
 
 
 async def journal_writes(args: argparse.Namespace) -> dict[str, Any]:
-    """Cost per ``sending`` row committed alone (fsynced, one per loop turn) and grouped (100
-    per turn, one fsync), and per grouped ``NORMAL`` update, on this disk."""
+    """Cost per ``sending`` row committed alone (fsynced) and grouped (100 to a commit, one
+    fsync), and per grouped ``NORMAL`` update, on this disk."""
     with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j") as journal:
         batch = list(requests(args.n))
         with Timer() as alone:
@@ -377,6 +378,12 @@ MODES = {
 def main() -> None:
     if cpu := os.environ.get("BENCH_CLIENT_CPU"):
         os.sched_setaffinity(0, {int(cpu)})
+    # Every client, the bare loop's included, starts with glibc's mmap threshold above
+    # asyncio's 256 KiB read buffer. Left to chance, a process either pays mmap, mremap and
+    # munmap for every socket read (~35 us of kernel time per task) or does not, depending on
+    # whether it happened to free a large block: that split CPU time per task into two modes,
+    # most of this machine's "noise" between runs (seedream_async/_allocator.py).
+    warm_allocator()
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--url", required=True)

@@ -27,6 +27,7 @@ import attrs
 from yarl import URL
 
 from seedream_async import CallbackReceiver, RedisCoordinator, SeedreamClient, Settings
+from seedream_async._allocator import warm_allocator
 from seedream_async.simulator import Simulator, SimulatorConfig
 from tests.redis_server import RedisServer
 
@@ -281,6 +282,7 @@ async def with_redis(work: Any) -> dict[str, Any]:
 def main() -> None:
     if cpu := os.environ.get("BENCH_CLIENT_CPU"):
         os.sched_setaffinity(0, {int(cpu)})
+    warm_allocator()  # as every benchmark client: see benchmarks/client.py
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("rate", "relay", "owner"))
     parser.add_argument("--url", required=True)

@@ -28,6 +28,7 @@ from typing import IO, Any, NoReturn
 import attrs
 
 from . import __version__
+from ._allocator import warm_allocator
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
 from ._config import API_KEY_ENV, REDIS_URL_ENV, Settings, resolve_api_key, resolve_redis_url
@@ -797,6 +798,7 @@ def run(args: argparse.Namespace) -> int:
         import rich  # noqa: F401, PLC0415 (only to give a clear error without the extra)
     except ImportError:
         return _fail("the CLI needs its extra: pip install 'seedream-async[cli]'", EXIT_USAGE)
+    warm_allocator()  # the CLI owns its process: asyncio's reads stay off mmap (glibc)
     if args.command == "simulate":
         return run_command_line(args)  # Ctrl-C is how it stops: exit 0, counters printed
     started = time.monotonic()
