@@ -211,6 +211,13 @@ def _check_prompt(_: object, __: attrs.Attribute[str], value: str) -> None:
         raise InvalidRequest("prompt", "must not be empty")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequest("prompt", f"has {len(value)} characters, at most 3000 allowed")
+    if not value.isascii():  # (a flag in CPython: free for the usual prompt)
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise InvalidRequest(
+                "prompt", f"is not valid text: a lone surrogate at character {e.start}"
+            ) from None
 
 
 def _check_nsfw(_: object, __: attrs.Attribute[bool | None], value: bool | None) -> None:

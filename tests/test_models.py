@@ -26,6 +26,7 @@ def test_defaults_and_plain_strings() -> None:
         ({"prompt": "   "}, "prompt"),
         ({"prompt": "x" * 3001}, "prompt"),
         ({"prompt": 42}, "prompt"),
+        ({"prompt": "half a pair: \ud83d"}, "prompt"),  # no UTF-8 can carry it
         ({"image_urls": []}, "image_urls"),
         ({"image_urls": [f"https://a/{i}.png" for i in range(15)]}, "image_urls"),
         ({"image_urls": ["ftp://a/b.png"]}, "image_urls"),
