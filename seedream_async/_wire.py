@@ -194,7 +194,7 @@ def _stdlib_dumps(value: Any) -> bytes:
 # The ``speed`` extra: orjson parses and writes the same JSON in a fraction of the time (it
 # refuses NaN, integers over 64 bits, nesting over 1024 levels and lone surrogates, which no
 # answer of the service has and ``EditRequest`` refuses). It writes UTF-8 where the standard
-# library writes ``\uXXXX`` escapes: the same JSON to the service. The request fingerprint
+# library writes ``\u00e9``-style escapes: the same JSON to the service. The request fingerprint
 # keeps the standard library, so journals never change.
 try:
     import orjson
