@@ -41,10 +41,9 @@ def _millis(value: float | str, _: object) -> datetime:
     return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
 
 
-# Hooks for ``X | None`` that skip cattrs' generic union dispatch: one call per field of
-# every record (nine per callback), so each is one function, not a wrapper around another.
-def _millis_or_none(value: float | str | None, _: object) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(float(value) / 1000, tz=UTC)
+# Hooks for ``X | None`` that skip cattrs' generic union dispatch (every field of every record).
+def _millis_or_none(value: float | str | None, t: object) -> datetime | None:
+    return None if value is None else _millis(value, t)
 
 
 def _str_or_none(value: object, _: object) -> str | None:
