@@ -22,7 +22,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from yarl import URL
 
 from ._errors import InvalidRequest, ServerError, error_for_code
-from ._models import MODEL, EditRequest, TaskRecord, TaskState
+from ._models import MODEL, EditRequest, TaskRecord, TaskState, parse_url
 
 # Detailed validation builds error trees we never show (any failure becomes MalformedPayload)
 # and costs a third of structuring time on the callback path.
@@ -30,11 +30,11 @@ converter = cattrs.Converter(detailed_validation=False)
 
 
 def _url(value: str, _: object) -> URL:
-    return URL(value)
+    return parse_url(value)
 
 
 def _urls(values: list[str], _: object) -> tuple[URL, ...]:
-    return tuple(map(URL, values))
+    return tuple(map(parse_url, values))
 
 
 def _millis(value: float | str, _: object) -> datetime:
@@ -252,7 +252,7 @@ def parse_upload(data: Any) -> URL:
     if not isinstance(url, str):
         raise MalformedPayload("upload answer without downloadUrl or fileUrl")
     try:
-        parsed = URL(url)
+        parsed = parse_url(url)
     except ValueError as e:
         raise MalformedPayload(f"upload answer URL does not parse: {e}") from e
     if parsed.scheme not in ("http", "https") or not parsed.host:

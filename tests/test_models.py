@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from seedream_async import AspectRatio, EditRequest, InvalidRequest, Quality, TaskState
+from seedream_async._models import _plain_url, parse_url
 
 URLS = ["https://img.example/a.png"]
 
@@ -79,3 +84,83 @@ def test_unknown_state_is_pending() -> None:
     assert TaskState.parse("teleporting") is TaskState.UNKNOWN
     assert not TaskState.UNKNOWN.is_final
     assert TaskState.parse("fail").is_final
+
+
+# --- URLs taken as they stand -------------------------------------------------------------
+
+_HOSTS = st.one_of(
+    st.sampled_from(["img.example", "Img.example", "x", "1.2.3.4", "01.2.3.4", "a..b", "a_b"]),
+    st.text("abcxyXY019.-_é", min_size=1, max_size=12),
+)
+_SEGMENTS = st.sampled_from(
+    [
+        *("", "a", "A-1_b.png", ".", "..", "...", ".x", "a%41", "a%2f", "~u", "a,b=c+d@e:f"),
+        *("a b", "é", 'a"b', "{x}", "a|b", "a^b", "a;b", "a!b", "a$b", "a'b", "a(b)", "a*b"),
+        *("a#b", "a?b"),
+    ]
+)
+_QUERIES = st.sampled_from(
+    ["", "?", "?a=1", "?a=1&b=2", "?a+b", "?a=%41", "?~x", "?a=/b", "?é", "?a b", "?a;b", "?a#b"]
+)
+_PORTS = st.sampled_from(["", ":80", ":443", ":8080", ":65535", ":65536", ":099", ":0", ":"])
+
+
+@st.composite
+def _url_strings(draw: st.DrawFn) -> str:
+    """Mostly URLs yarl keeps as they are, with one thing it would change now and then."""
+    scheme = draw(st.sampled_from(["http", "https", "https", "HTTPS", "ftp"]))
+    path = "".join("/" + s for s in draw(st.lists(_SEGMENTS, max_size=4)))
+    return f"{scheme}://{draw(_HOSTS)}{draw(_PORTS)}{path}{draw(_QUERIES)}"
+
+
+def _seen(url: URL) -> tuple[object, ...]:
+    """What a caller can see of a URL (each property read on a fresh copy's cache)."""
+    return (
+        str(url),
+        url.scheme,
+        url.host,
+        url.raw_host,
+        url.port,
+        url.explicit_port,
+        url.path,
+        url.raw_path,
+        url.query_string,
+        url.raw_query_string,
+        url.parts,
+        url.name,
+        hash(url),
+        str(url / "child.png"),
+        str(url.with_query(size="2")),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_url_strings(), st.from_regex(r"https?://[a-z0-9./:?=&_-]{1,24}", fullmatch=True)))
+# What yarl changes in a string, once each: the case of a host, dot segments, a port out of
+# range, escapes of characters that need none, a plus or an escape in a query.
+@example("http://Img.example/a.png")
+@example("https://a/x/../y.png")
+@example("https://a/x/./y.png")
+@example("http://a:65536/a.png")
+@example("http://a/%7ex.png")
+@example("http://a/b.png?q=%7e")
+@example("http://a/b.png?q=a+b")
+def test_a_url_taken_as_it_stands_is_the_url_yarl_parses(raw: str) -> None:
+    try:
+        parsed = URL(raw)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=re.escape(str(e))):
+            parse_url(raw)
+        return
+    fast = parse_url(raw)
+    assert fast == parsed
+    assert _seen(fast) == _seen(URL(raw))
+    if fast.scheme in ("http", "https") and fast.host and raw.isprintable() and " " not in raw:
+        assert EditRequest(prompt="p", image_urls=[raw]).image_urls == (parsed,)
+
+
+def test_the_usual_url_is_split_only() -> None:
+    """The fast path is taken for a plain image URL (else the test above proves nothing)."""
+    raw = "https://cdn.example.com:8443/images/a-1_b.png?v=2&w=1024"
+    assert _plain_url(raw) == URL(raw)
+    assert _plain_url("https://cdn.example.com/a b.png") is None  # re-quoted: yarl's parse
