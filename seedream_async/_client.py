@@ -31,7 +31,7 @@ from ._models import (
 )
 from ._receiver import CallbackReceiver
 from ._telemetry import Hook, Telemetry
-from ._tracker import Tracker, check_token
+from ._tracker import Tracker, check_token, outcome
 from ._transport import Transport
 from ._uploads import Uploader
 
@@ -236,14 +236,21 @@ class SeedreamClient:
             quality=quality,
             nsfw_checker=nsfw_checker,
         )
-        handle = await self.submit(request)
-        return await handle.result()
+        # ``submit`` then ``result()``, inline: no handle, and no coroutine for either (every
+        # edit runs this; a parked edit keeps one frame instead of three).
+        if not isinstance(request, EditRequest):
+            raise InvalidRequest("request", f"must be an EditRequest, got {type(request).__name__}")
+        if self._state is not ClientState.OPENED:
+            await self._open()
+        task = await self._tracker.submit(request)
+        return outcome(await task.wait(), request)
 
     async def submit(self, request: EditRequest) -> TaskHandle:
         """Submit one edit; return once the service accepted it."""
         if not isinstance(request, EditRequest):
             raise InvalidRequest("request", f"must be an EditRequest, got {type(request).__name__}")
-        await self._open()
+        if self._state is not ClientState.OPENED:
+            await self._open()
         return TaskHandle(self, await self._tracker.submit(request))
 
     def resume(
