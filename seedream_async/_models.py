@@ -70,9 +70,12 @@ class TaskState(enum.StrEnum):
     def parse(cls, value: str) -> TaskState:
         """Return the state named ``value``, or ``UNKNOWN``."""
         try:
-            return cls(value)
-        except ValueError:
+            return _STATES.get(value, cls.UNKNOWN)  # (every record: a dict, not ``cls(value)``)
+        except TypeError:  # not hashable, so not a state
             return cls.UNKNOWN
+
+
+_STATES = {state.value: state for state in TaskState}
 
 
 def _member(cls: type[_E], field: str, value: object) -> _E:

@@ -60,7 +60,7 @@ def _exactly(hook_type: object) -> Callable[[object], bool]:
 
 converter.register_structure_hook(URL, _url)
 converter.register_unstructure_hook(URL, str)
-converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(str(v)))
+converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
 converter.register_structure_hook(datetime, _millis)
 for _type, _hook in (
     (tuple[URL, ...], _urls),
