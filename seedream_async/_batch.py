@@ -344,8 +344,9 @@ class BatchRunner:
             if journal and task.task_id:
                 journal.accepted(slot.index, task.task_id)
 
+        # ``owned``: this task is the batch's own, and ``_stop`` never cancels a sent one.
         return await self._tracker.submit(
-            request, token=token, on_sent=on_sent, on_accepted=on_accepted
+            request, token=token, on_sent=on_sent, on_accepted=on_accepted, owned=True
         )
 
     def _ended(self, slot: _Slot, request: EditRequest, error: SeedreamError) -> BatchItem:

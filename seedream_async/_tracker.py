@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 
 import aiohttp
+from yarl import URL
 
 from ._config import Settings
 from ._coordination import Coordinator, LocalCoordinator
@@ -147,6 +148,7 @@ class Tracker:
         token: str | None = None,
         on_sent: OnSend | None = None,
         on_accepted: OnAccepted | None = None,
+        owned: bool = False,
     ) -> Task:
         """
         Submit one edit; return its task once the service accepted it.
@@ -154,6 +156,11 @@ class Tracker:
         ``on_sent`` runs just before createTask goes out (journal it there; a future it
         returns is awaited before sending, say until the journal row is durable); ``on_accepted``
         runs once the task id is known, even if the caller was cancelled meanwhile.
+
+        ``owned``: the calling task is the SDK's own and is never cancelled once ``on_sent``
+        ran (a batch item: the batch adopts those), so createTask runs in it, without a task
+        of its own. Cancelled there all the same (the event loop shutting down), the
+        submission is kept as one whose answer was lost.
         """
         assert self.transport is not None, "start() first"
         assert self.uploader is not None
@@ -186,13 +193,26 @@ class Tracker:
             self.lifecycle.send(task)  # refuses (ClientClosed) once the client closed
             return on_sent() if on_sent is not None else None
 
-        # createTask runs in a task of its own and relays its answer to a future the caller
-        # awaits: cancelling the caller cancels that future, never the request (a request
-        # aborted after it went out may have made a task nobody would know of). The relay is
-        # ``asyncio.shield`` without its future, two callbacks and an extra loop turn.
+        create = self._create_owned if owned else self._create_shielded
+        return await create(task, sendable, callback_url, sending, on_accepted)
+
+    async def _create_shielded(
+        self,
+        task: Task,
+        request: EditRequest,
+        callback_url: str | None,
+        sending: OnSend,
+        on_accepted: OnAccepted | None,
+    ) -> Task:
+        """
+        createTask in a task of its own, which relays its answer to a future the caller
+        awaits: cancelling the caller cancels that future, never the request (a request
+        aborted after it went out may have made a task nobody would know of). The relay is
+        ``asyncio.shield`` without its future, two callbacks and an extra loop turn.
+        """
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[str] = loop.create_future()
-        create = loop.create_task(self._create(sendable, callback_url, sending, answer))
+        create = loop.create_task(self._create(request, callback_url, sending, answer))
         try:
             task_id = await answer
         except asyncio.CancelledError:
@@ -203,6 +223,37 @@ class Tracker:
                 self.lifecycle.refused(task)
             else:  # it may exist: keep tracking it in the background
                 create.add_done_callback(lambda f: self._settle(task, f, on_accepted))
+            raise
+        except SubmissionUnknown as e:
+            return await self._await_unknown(task, e, on_accepted)
+        except BaseException:
+            self.lifecycle.refused(task)
+            raise
+        self._accepted(task, task_id, on_accepted)
+        return task
+
+    async def _create_owned(
+        self,
+        task: Task,
+        request: EditRequest,
+        callback_url: str | None,
+        sending: OnSend,
+        on_accepted: OnAccepted | None,
+    ) -> Task:
+        """createTask in the caller's own task (``submit(owned=True)``)."""
+        assert self.transport is not None
+        try:
+            task_id = await self.transport.create_task(request, callback_url, sending)
+        except asyncio.CancelledError:
+            if task.phase is Phase.QUEUED:  # nothing went out
+                self.lifecycle.refused(task)
+            else:  # it may exist: a callback may still tell (and a journal reconciles it)
+                lost = SubmissionUnknown(
+                    "cancelled while createTask was on the wire",
+                    request=task.request,
+                    callback_url=None if callback_url is None else URL(callback_url, encoded=True),
+                )
+                self.lifecycle.answer_lost(task, lost)
             raise
         except SubmissionUnknown as e:
             return await self._await_unknown(task, e, on_accepted)

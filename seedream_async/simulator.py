@@ -88,6 +88,8 @@ class SimulatorConfig:
     invisible_code: Literal[404, 422] = 422
     #: Deliver the callback (and wait for it) before answering createTask.
     callback_early: bool = False
+    #: Seconds createTask takes to answer once the task is made (a slow answer: it exists).
+    create_answer_delay: float = 0.0
     #: Extra deliveries of each callback.
     callback_duplicates: int = 0
     #: Fraction of callbacks never sent.
@@ -451,6 +453,8 @@ class Simulator:
             await self._deliver_all(task)
         else:
             self._schedule_callback(task)
+        if self.config.create_answer_delay:
+            await asyncio.sleep(self.config.create_answer_delay)
         if self.config.lost_answer_rate and self._rng.random() < self.config.lost_answer_rate:
             return await self._lose_answer(request)
         return _answer(200, "success", {"taskId": task.task_id, "recordId": task.task_id})

@@ -133,6 +133,33 @@ async def test_break_keeps_accepted_tasks_tracked(
     assert client.in_flight == 0
 
 
+async def test_stopped_while_create_answers_are_out_every_sent_task_is_kept(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Stopped while createTasks are on the wire, with nothing to call back: every task the
+    service made is still polled to its end and journaled; none is lost or sent twice."""
+    sim.config.create_answer_delay = 0.3
+    client = make_client(max_in_flight=6)
+    journal = tmp_path / "j.sqlite"
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await collect(client, Counting(), journal=journal)
+    assert sim.stats.tasks_created == 6  # made, their answers still on the way
+
+    def released() -> bool:
+        try:
+            Journal(journal).close()
+        except JournalBusy:
+            return False
+        return True
+
+    await until(released)
+    with Journal(journal) as j:
+        assert j.counts() == {Stage.SUCCEEDED: 6}
+    assert sim.stats.create_requests == 6
+    assert client.in_flight == 0
+
+
 async def test_rerun_pays_nothing_twice(
     sim: Simulator, make_client: ClientFactory, tmp_path: Path
 ) -> None:
