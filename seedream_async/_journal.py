@@ -3,10 +3,10 @@ The batch journal: a SQLite file that makes a batch survive ``kill -9`` without 
 
 Each input's row is written *before* its createTask is sent (index, request fingerprint,
 callback token), updated with the task id once accepted, then with the final outcome. Writes
-are grouped: everything written within a few milliseconds (``COMMIT_GAP``; ``FSYNC_GAP`` for
-``sending`` rows) is committed (WAL) in one transaction, so a killed process leaves a journal
-that says how far each input got, and a batch of thousands pays one commit per gap instead of
-one per write or per loop turn. A createTask waits for the commit of its ``sending`` row.
+are grouped: everything written within a few milliseconds (``COMMIT_GAP``) is committed (WAL,
+fsynced) in one transaction, so a killed process leaves a journal that says how far each
+input got, and a batch of thousands pays one commit per gap instead of one per write or per
+loop turn. A createTask waits for the commit of its ``sending`` row.
 
 What survives what:
 
@@ -15,11 +15,11 @@ What survives what:
   ``sending`` and is reconciled by its callback token, or reported ``unknown``; one whose
   outcome was lost reads ``accepted`` and is re-attached by its task id. Never sent twice,
   since no createTask leaves before its row is committed.
-- A power cut or OS crash: a group with ``sending`` rows is committed with
-  ``synchronous=FULL`` (the WAL is fsynced, once for all of them, before any of those
-  createTask go out), so a rerun never resubmits a sent input. Later
-  updates use ``NORMAL`` and may roll back to ``sending``; the rerun then reconciles that
-  input by its callback token, or reports it ``unknown``, and still never pays twice.
+- A power cut or OS crash: the same. Every commit is fsynced (``synchronous=FULL``, at
+  most one every few milliseconds, each covering everything queued), and a createTask
+  leaves only once the commit of its ``sending`` row is, so a rerun never resubmits a sent
+  input. (Fsyncing only the commits with ``sending`` rows meant switching ``synchronous``
+  twice per commit, which cost more than the fsyncs of the update-only commits it saved.)
 
 A journal belongs to one run at a time: ``NAME.lock`` beside it is locked (``flock``) while a
 run holds it. The OS drops the lock when its process dies, so there is never a stale lock to
@@ -71,11 +71,9 @@ def _try_lock(fd: int) -> bool:
 
 
 SCHEMA_VERSION = "1"
-#: Least seconds between two fsynced commits: a createTask waits at most this long for its
-#: ``sending`` row, and at thousands of edits a second one fsync covers a whole group.
-FSYNC_GAP = 0.005
-#: Least seconds between two commits of updates (task ids, outcomes): a busy batch writes on
-#: nearly every loop turn, and one commit (a WAL write) per turn cost more than the rows.
+#: Least seconds between two (fsynced) commits: a createTask waits at most this long for its
+#: ``sending`` row, and a busy batch, which writes on nearly every loop turn, pays one commit
+#: (WAL writes and a fsync) per gap for a whole group instead of one per turn.
 COMMIT_GAP = 0.005
 #: Rows ``get`` reads in one query when a batch resumes.
 READ_AHEAD = 2048
@@ -185,13 +183,12 @@ class Journal:
         self._durable: list[asyncio.Future[None]] = []
         #: The scheduled commit of the queued writes, if any.
         self._flush: asyncio.Handle | None = None
-        self._flush_at = 0.0
         #: A failed background commit, raised by the next call (the batch stops on it).
         self._failure: JournalError | None = None
         #: Rows read ahead by ``get`` (None: read, absent from the journal).
         self._ahead: dict[int, tuple[Any, ...] | None] = {}
-        #: Loop time of the last fsynced commit, and of the last commit.
-        self._last_fsync = self._last_commit = -math.inf
+        #: Loop time of the last commit.
+        self._last_commit = -math.inf
         try:
             # Created by us, it is ours alone: it holds callback tokens.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -201,7 +198,7 @@ class Journal:
             raise JournalError(f"cannot open journal {self.path}: {e}", path=self.path) from e
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._check_version()
         except sqlite3.DatabaseError as e:
@@ -241,29 +238,21 @@ class Journal:
 
     # --- grouped writes -------------------------------------------------------------------
 
-    def _write(self, sql: str, args: tuple[Any, ...], *, durable: bool = False) -> None:
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         """Queue a write for the next commit (at once, outside an event loop). Commits come
-        at most every ``COMMIT_GAP`` seconds; a ``durable`` write waits for a fsync, and
-        fsyncs at most every ``FSYNC_GAP``: at high throughput each covers many rows, and at
-        low throughput none waits."""
+        at most every ``COMMIT_GAP`` seconds: at high throughput each covers many rows, and
+        at low throughput none waits."""
         if self._failure is not None:
             raise self._failure
         self._queued.append((sql, args))
-        if self._flush is not None and not durable:
+        if self._flush is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        when = self._last_fsync + FSYNC_GAP if durable else self._last_commit + COMMIT_GAP
-        if self._flush is not None:
-            if durable and when < self._flush_at:
-                self._flush.cancel()  # a createTask is waiting: no later than its own gap
-            else:
-                return
-        self._flush_at = when  # (uvloop's handle of a time already past has no ``when()``)
-        self._flush = loop.call_at(when, self._flush_in_loop)
+        self._flush = loop.call_at(self._last_commit + COMMIT_GAP, self._flush_in_loop)
 
     def _flush_in_loop(self) -> None:
         try:
@@ -272,8 +261,8 @@ class Journal:
             self._failure = e  # raised by the batch's next journal call
 
     def flush(self) -> None:
-        """Commit every queued write in one transaction (fsynced when one is a ``sending``
-        row), then let the createTasks waiting for it go."""
+        """Commit every queued write in one (fsynced) transaction, then let the createTasks
+        waiting for it go."""
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
@@ -282,7 +271,7 @@ class Journal:
         if not queued:
             return
         try:
-            self._commit(queued, durable=bool(durable))
+            self._commit(queued)
         except JournalError as e:
             for waiter in durable:
                 if not waiter.done():
@@ -290,15 +279,11 @@ class Journal:
             raise
         with contextlib.suppress(RuntimeError):
             self._last_commit = asyncio.get_running_loop().time()
-            if durable:
-                self._last_fsync = self._last_commit
         for waiter in durable:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _commit(self, queued: list[tuple[str, tuple[Any, ...]]], *, durable: bool) -> None:
-        if durable:
-            self._query("PRAGMA synchronous=FULL", ())
+    def _commit(self, queued: list[tuple[str, tuple[Any, ...]]]) -> None:
         try:
             self._query("BEGIN", ())
             # Runs of the same statement go to sqlite as one executemany, in order.
@@ -309,9 +294,6 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
             raise
-        finally:
-            if durable:
-                self._query("PRAGMA synchronous=NORMAL", ())
 
     def last_index(self) -> int | None:
         """The highest input index journaled, if any."""
@@ -373,7 +355,6 @@ class Journal:
         self._write(
             _INSERT_SENDING,
             (index, request.fingerprint(), token, _SENDING, time.time()),
-            durable=True,
         )
         if self._flush is None:  # outside a loop: already committed
             return None

@@ -236,6 +236,16 @@ async def test_every_create_goes_out_after_its_sending_row_is_committed(
         assert j.counts() == {Stage.SUCCEEDED: 200}
 
 
+def test_every_commit_is_fsynced(tmp_path: Path) -> None:
+    """Updates too, not only the commits with ``sending`` rows: a task id or an outcome
+    committed before a power cut is still there after it."""
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.sending(0, request(0), "t" * 24)
+        j.accepted(0, "task_0")
+        (mode,) = j._db.execute("PRAGMA synchronous").fetchone()
+    assert mode == 2  # FULL: the write-ahead log is fsynced at every commit
+
+
 async def test_updates_over_many_loop_turns_share_a_commit(tmp_path: Path) -> None:
     """A busy batch journals an update on nearly every turn of the event loop; committing each
     turn's writes alone cost a WAL write per turn. Updates wait up to ``COMMIT_GAP`` to share
