@@ -142,17 +142,46 @@ class BatchProgress:
 
 
 class _Slot:
-    """One input in progress; ``sent`` once its createTask may have gone out."""
+    """
+    One input in progress; ``sent`` once its createTask may have gone out.
 
-    __slots__ = ("entry", "index", "request", "sent", "task")
+    Its ``on_sent`` and ``on_accepted`` are the submission's hooks: methods, not closures
+    (each closure and its cells are objects the cyclic GC counts and scans, per input).
+    """
 
-    def __init__(self, index: int, request: object, entry: Entry | None) -> None:
+    __slots__ = ("entry", "index", "journal", "progress", "request", "sent", "task", "token")
+
+    def __init__(
+        self,
+        index: int,
+        request: object,
+        entry: Entry | None,
+        journal: Journal | None,
+        progress: BatchProgress,
+    ) -> None:
         self.index = index
         self.request = request
         self.entry = entry
+        self.journal = journal
+        self.progress = progress
         self.sent = False
+        self.token: str | None = None
         #: Its work; None when the journal already had its outcome.
         self.task: asyncio.Task[BatchItem] | None = None
+
+    def on_sent(self) -> Awaitable[None] | None:
+        """createTask is about to go out: journal it first (the future: until it is durable)."""
+        self.sent = True
+        if self.journal is None:
+            return None
+        assert isinstance(self.request, EditRequest)
+        return self.journal.sending(self.index, self.request, self.token)
+
+    def on_accepted(self, task: Task) -> None:
+        """The service accepted it (even if the batch stopped meanwhile)."""
+        self.progress.submitted += 1
+        if self.journal is not None and task.task_id:
+            self.journal.accepted(self.index, task.task_id)
 
 
 class BatchRunner:
@@ -254,7 +283,7 @@ class BatchRunner:
         return self._journal.get(index, request)
 
     def _start(self, index: int, request: object, entry: Entry | None) -> None:
-        slot = _Slot(index, request, entry)
+        slot = _Slot(index, request, entry, self._journal, self.progress)
         self._running[index] = slot
         if (
             entry is not None
@@ -332,21 +361,10 @@ class BatchRunner:
             return self._tracker.resume(entry.task_id, request, entry.token)
         if entry is not None:  # sent in an earlier run, answer never journaled
             return await self._tracker.reconcile(entry.token, request)
-        token = self._tracker.new_token()
-        journal = self._journal
-
-        def on_sent() -> Awaitable[None] | None:
-            slot.sent = True
-            return journal.sending(slot.index, request, token) if journal else None
-
-        def on_accepted(task: Task) -> None:
-            self.progress.submitted += 1
-            if journal and task.task_id:
-                journal.accepted(slot.index, task.task_id)
-
+        slot.token = token = self._tracker.new_token()
         # ``owned``: this task is the batch's own, and ``_stop`` never cancels a sent one.
         return await self._tracker.submit(
-            request, token=token, on_sent=on_sent, on_accepted=on_accepted, owned=True
+            request, token=token, on_sent=slot.on_sent, on_accepted=slot.on_accepted, owned=True
         )
 
     def _ended(self, slot: _Slot, request: EditRequest, error: SeedreamError) -> BatchItem:

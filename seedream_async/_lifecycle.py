@@ -250,11 +250,12 @@ class Task:
     def wake(self) -> None:
         """Hand the outcome to every waiter still waiting."""
         waiters, self.waiters = self.waiters, None
-        if waiters is None:
-            return
-        for waiter in waiters if isinstance(waiters, list) else (waiters,):
-            if not waiter.done():
-                self._settle(waiter)
+        if isinstance(waiters, list):
+            for waiter in waiters:
+                if not waiter.done():
+                    self._settle(waiter)
+        elif waiters is not None and not waiters.done():
+            self._settle(waiters)  # the usual single waiter (no tuple to loop over)
 
     def _settle(self, waiter: asyncio.Future[TaskRecord]) -> None:
         outcome = self.outcome
