@@ -200,37 +200,18 @@ class Tracker:
             raise
         callback_url = None if task.token is None else self._callback_url(task.token)
         if self.coordinator.shared:
-            try:
-                if task.token is not None:  # known to the fleet before its callback can come
-                    await self.coordinator.register(task.token)
-                key = task.token or secrets.token_urlsafe(12)
-                await self.coordinator.hold(key)  # an account-wide slot, when capped
-                task.fleet_key = key
-            except BaseException:
-                self.lifecycle.refused(task)
-                raise
-
+            await self._enter_fleet(task)
         sending = _Sending(self.lifecycle, task, on_sent)
-        create = self._create_owned if owned else self._create_shielded
-        return await create(task, sendable, callback_url, sending, on_accepted)
-
-    async def _create_shielded(
-        self,
-        task: Task,
-        request: EditRequest,
-        callback_url: str | None,
-        sending: OnSend,
-        on_accepted: OnAccepted | None,
-    ) -> Task:
-        """
-        createTask in a task of its own, which relays its answer to a future the caller
-        awaits: cancelling the caller cancels that future, never the request (a request
-        aborted after it went out may have made a task nobody would know of). The relay is
-        ``asyncio.shield`` without its future, two callbacks and an extra loop turn.
-        """
+        if owned:
+            return await self._create_owned(task, sendable, callback_url, sending, on_accepted)
+        # createTask runs in a task of its own and relays its answer to a future the caller
+        # awaits: cancelling the caller cancels that future, never the request (a request
+        # aborted after it went out may have made a task nobody would know of). The relay is
+        # ``asyncio.shield`` without its future, two callbacks and an extra loop turn. (Inline:
+        # one coroutine fewer per edit.)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[str] = loop.create_future()
-        create = loop.create_task(self._create(request, callback_url, sending, answer))
+        create = loop.create_task(self._create(sendable, callback_url, sending, answer))
         try:
             task_id = await answer
         except asyncio.CancelledError:
@@ -249,6 +230,19 @@ class Tracker:
             raise
         self._accepted(task, task_id, on_accepted)
         return task
+
+    async def _enter_fleet(self, task: Task) -> None:
+        """Register the token with the fleet (before its callback can come), and take an
+        account-wide slot when those are capped; refused on failure, nothing sent."""
+        try:
+            if task.token is not None:
+                await self.coordinator.register(task.token)
+            key = task.token or secrets.token_urlsafe(12)
+            await self.coordinator.hold(key)
+            task.fleet_key = key
+        except BaseException:
+            self.lifecycle.refused(task)
+            raise
 
     async def _create_owned(
         self,
