@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 import aiohttp
 from yarl import URL
@@ -202,26 +202,22 @@ class Tracker:
         if self.coordinator.shared:
             await self._enter_fleet(task)
         sending = _Sending(self.lifecycle, task, on_sent)
-        if owned:
-            return await self._create_owned(task, sendable, callback_url, sending, on_accepted)
-        # createTask runs in a task of its own and relays its answer to a future the caller
-        # awaits: cancelling the caller cancels that future, never the request (a request
-        # aborted after it went out may have made a task nobody would know of). The relay is
-        # ``asyncio.shield`` without its future, two callbacks and an extra loop turn. (Inline:
-        # one coroutine fewer per edit.)
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[str] = loop.create_future()
-        create = loop.create_task(self._create(sendable, callback_url, sending, answer))
+        create: asyncio.Task[str | Exception] | None = None
+        answer: Awaitable[str]
+        if owned:  # in this very task, which the owner never cancels once it is sent
+            answer = self.transport.create_task(sendable, callback_url, sending)
+        else:
+            # createTask runs in a task of its own and relays its answer to a future the
+            # caller awaits: cancelling the caller cancels that future, never the request (a
+            # request aborted after it went out may have made a task nobody would know of).
+            # The relay is ``asyncio.shield`` without its future, two callbacks and a loop turn.
+            answer = loop.create_future()
+            create = loop.create_task(self._create(sendable, callback_url, sending, answer))
         try:
             task_id = await answer
         except asyncio.CancelledError:
-            if answer.done() and not answer.cancelled():
-                answer.exception()  # answered as the caller was cancelled: seen, not logged
-            if task.phase is Phase.QUEUED:  # nothing went out: stop it there
-                create.cancel()
-                self.lifecycle.refused(task)
-            else:  # it may exist: keep tracking it in the background
-                create.add_done_callback(lambda f: self._settle(task, f, on_accepted))
+            self._cancelled(task, create, answer, callback_url, on_accepted)
             raise
         except SubmissionUnknown as e:
             return await self._await_unknown(task, e, on_accepted)
@@ -230,6 +226,31 @@ class Tracker:
             raise
         self._accepted(task, task_id, on_accepted)
         return task
+
+    def _cancelled(
+        self,
+        task: Task,
+        create: asyncio.Task[str | Exception] | None,
+        answer: Awaitable[str],
+        callback_url: str | None,
+        on_accepted: OnAccepted | None,
+    ) -> None:
+        """The submitting caller was cancelled: nothing went out, or keep tracking the task."""
+        if isinstance(answer, asyncio.Future) and answer.done() and not answer.cancelled():
+            answer.exception()  # answered as the caller was cancelled: seen, not logged
+        if task.phase is Phase.QUEUED:  # nothing went out: stop it there
+            if create is not None:
+                create.cancel()
+            self.lifecycle.refused(task)
+        elif create is not None:  # it may exist: keep tracking it in the background
+            create.add_done_callback(lambda f: self._settle(task, f, on_accepted))
+        else:  # an owned submission cancelled after all (loop shutdown): its answer is lost
+            lost = SubmissionUnknown(
+                "cancelled while createTask was on the wire",
+                request=task.request,
+                callback_url=None if callback_url is None else URL(callback_url, encoded=True),
+            )
+            self.lifecycle.answer_lost(task, lost)  # a callback may still tell
 
     async def _enter_fleet(self, task: Task) -> None:
         """Register the token with the fleet (before its callback can come), and take an
@@ -243,37 +264,6 @@ class Tracker:
         except BaseException:
             self.lifecycle.refused(task)
             raise
-
-    async def _create_owned(
-        self,
-        task: Task,
-        request: EditRequest,
-        callback_url: str | None,
-        sending: OnSend,
-        on_accepted: OnAccepted | None,
-    ) -> Task:
-        """createTask in the caller's own task (``submit(owned=True)``)."""
-        assert self.transport is not None
-        try:
-            task_id = await self.transport.create_task(request, callback_url, sending)
-        except asyncio.CancelledError:
-            if task.phase is Phase.QUEUED:  # nothing went out
-                self.lifecycle.refused(task)
-            else:  # it may exist: a callback may still tell (and a journal reconciles it)
-                lost = SubmissionUnknown(
-                    "cancelled while createTask was on the wire",
-                    request=task.request,
-                    callback_url=None if callback_url is None else URL(callback_url, encoded=True),
-                )
-                self.lifecycle.answer_lost(task, lost)
-            raise
-        except SubmissionUnknown as e:
-            return await self._await_unknown(task, e, on_accepted)
-        except BaseException:
-            self.lifecycle.refused(task)
-            raise
-        self._accepted(task, task_id, on_accepted)
-        return task
 
     def _free_fleet_slot(self, task: Task) -> None:
         if task.fleet_key is not None:

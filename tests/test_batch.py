@@ -44,6 +44,15 @@ async def collect(client: SeedreamClient, inputs: object, **kw: object) -> list[
     return [item async for item in client.edit_many(inputs, **kw)]  # type: ignore[arg-type]
 
 
+def released(journal: Path) -> bool:
+    """True once no run holds ``journal`` (a batch lets go of it when its last task ends)."""
+    try:
+        Journal(journal).close()
+    except JournalBusy:
+        return False
+    return True
+
+
 async def wait_idle(client: SeedreamClient) -> None:
     await until(lambda: client.in_flight == 0)
 
@@ -116,16 +125,9 @@ async def test_break_keeps_accepted_tasks_tracked(
         break
     created = sim.stats.tasks_created
 
-    def released() -> bool:
-        try:
-            Journal(journal).close()
-        except JournalBusy:
-            return False
-        return True
-
     # The adopted items journal their outcome after the break; the run holds the journal
     # until the last of them is written, then lets go of it.
-    await until(released)
+    await until(lambda: released(journal))
     with Journal(journal) as j:
         assert set(j.counts()) == {Stage.SUCCEEDED}
         assert j.counts()[Stage.SUCCEEDED] == created
@@ -146,14 +148,7 @@ async def test_stopped_while_create_answers_are_out_every_sent_task_is_kept(
             await collect(client, Counting(), journal=journal)
     assert sim.stats.tasks_created == 6  # made, their answers still on the way
 
-    def released() -> bool:
-        try:
-            Journal(journal).close()
-        except JournalBusy:
-            return False
-        return True
-
-    await until(released)
+    await until(lambda: released(journal))
     with Journal(journal) as j:
         assert j.counts() == {Stage.SUCCEEDED: 6}
     assert sim.stats.create_requests == 6
