@@ -209,9 +209,9 @@ def _plain_url(raw: str) -> URL | None:
     """
     The URL of a string yarl would keep as it is, split only (``encoded=True``); else None.
 
-    The same URL as ``URL(raw)`` (equal, hashing alike, printing alike), in about two-thirds
-    of the time and without yarl's filled per-URL cache (benchmarks/NOTES.md);
-    ``tests/test_models.py`` proves the equality over generated URLs.
+    The same URL as ``URL(raw)`` (equal, hashing alike, printing alike) in about two-thirds
+    of the time (benchmarks/NOTES.md); ``tests/test_models.py`` proves the equality over
+    generated URLs.
     """
     match = _PLAIN_URL.fullmatch(raw)
     if match is None or "/." in raw or (match[1] is not None and int(match[1]) > 65535):

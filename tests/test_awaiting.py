@@ -274,6 +274,36 @@ async def test_cancel_during_submit_keeps_tracking(
     assert client.in_flight == 0
 
 
+async def test_an_owned_submission_cancelled_on_the_wire_is_still_tracked(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """A batch never cancels an item once createTask went out, but a loop shutting down may:
+    then the submission is kept as one whose answer was lost, and its callback still tells."""
+    sim.config.latency = (0.2, 0.2)
+    client = make_client(callbacks=True, task_deadline=1.0)
+    await client.__aenter__()
+    tracker = client._tracker
+    submit = asyncio.create_task(
+        tracker.submit(
+            request(0),
+            on_sent=lambda: submit.cancel(),  # noqa: PLW0108 (submit is bound later)
+            owned=True,
+        )
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await submit
+    assert client.in_flight == 1  # not forgotten: its token is live
+    [task] = tracker.lifecycle.live()
+    try:
+        record = await asyncio.wait_for(task.wait(), 5)
+    except SubmissionUnknown:  # no callback by the deadline: the request never left
+        assert sim.stats.tasks_created == 0
+    else:  # it left, and its callback named the task
+        assert record.task_id in sim.tasks
+    assert sim.stats.create_requests <= 1  # never sent twice
+    assert client.in_flight == 0
+
+
 async def test_cancel_before_send_submits_nothing(
     sim: Simulator, make_client: ClientFactory
 ) -> None:
