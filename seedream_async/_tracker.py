@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 
 import aiohttp
-from yarl import URL
 
 from ._config import Settings
 from ._coordination import Coordinator, LocalCoordinator
@@ -29,7 +28,7 @@ from ._models import EditRequest, EditResult, TaskRecord, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
 from ._telemetry import Telemetry
-from ._transport import OnSend, Transport
+from ._transport import OnSend, Transport, as_url
 from ._uploads import Uploader
 
 log = logging.getLogger("seedream_async")
@@ -237,7 +236,7 @@ class Tracker:
     ) -> None:
         """The submitting caller was cancelled: nothing went out, or keep tracking the task."""
         if isinstance(answer, asyncio.Future) and answer.done() and not answer.cancelled():
-            answer.exception()  # answered as the caller was cancelled: seen, not logged
+            answer.exception()  # (the relay's future) answered as the caller was cancelled
         if task.phase is Phase.QUEUED:  # nothing went out: stop it there
             if create is not None:
                 create.cancel()
@@ -248,7 +247,7 @@ class Tracker:
             lost = SubmissionUnknown(
                 "cancelled while createTask was on the wire",
                 request=task.request,
-                callback_url=None if callback_url is None else URL(callback_url, encoded=True),
+                callback_url=as_url(callback_url),
             )
             self.lifecycle.answer_lost(task, lost)  # a callback may still tell
 

@@ -145,7 +145,7 @@ class Transport:
                 unknown = SubmissionUnknown(
                     f"{type(e).__name__} after sending",
                     request=request,
-                    callback_url=_as_url(callback_url),
+                    callback_url=as_url(callback_url),
                 )
                 if self._resubmit(attempt):
                     log.warning("createTask answer lost (%s); resubmitting as opted in", e)
@@ -166,11 +166,11 @@ class Transport:
                     raise SubmissionUnknown(
                         f"server error: {e.message}",
                         request=request,
-                        callback_url=_as_url(callback_url),
+                        callback_url=as_url(callback_url),
                     ) from e
             except MalformedPayload as e:
                 raise SubmissionUnknown(
-                    str(e), request=request, callback_url=_as_url(callback_url)
+                    str(e), request=request, callback_url=as_url(callback_url)
                 ) from e
         raise AssertionError("unreachable: the last attempt raises or returns")
 
@@ -291,6 +291,6 @@ def _network_error(e: BaseException, endpoint: str) -> ServerError:
     return ServerError(f"network failure: {type(e).__name__}: {e}", code=None, endpoint=endpoint)
 
 
-def _as_url(url: URL | str | None) -> URL | None:
+def as_url(url: URL | str | None) -> URL | None:
     """A callback URL as errors carry it (built only when one is raised)."""
     return URL(url, encoded=True) if isinstance(url, str) else url
