@@ -198,6 +198,7 @@ _PLAIN_URL = re.compile(
     r"(https?)://([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::([1-9][0-9]{0,4}))?)"
     r"(/[A-Za-z0-9_.~/,=+@:-]*)?(?:\?([A-Za-z0-9_.~=&-]*))?"
 )
+#: One string per scheme, shared by every URL (the match's group is a new string each time).
 _SCHEMES = {"http": "http", "https": "https"}
 
 
