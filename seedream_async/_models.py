@@ -8,7 +8,6 @@ import json
 import os
 import re
 import stat
-import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -200,6 +199,11 @@ _PLAIN_URL = re.compile(
 )
 #: One string per scheme, shared by every URL (the match's group is a new string each time).
 _SCHEMES = {"http": "http", "https": "https"}
+#: Hosts seen lately, each one string that every URL on it shares. Bounded: a service's
+#: answers name hosts too, and ``sys.intern`` would keep each forever on the builds where
+#: interned strings are immortal (3.12.0-3.12.4, free-threaded).
+_HOSTS: dict[str, str] = {}
+_HOSTS_MAX = 1024
 
 
 def parse_url(raw: str) -> URL:
@@ -214,7 +218,7 @@ def _plain_url(raw: str) -> URL | None:
 
     The same URL as ``URL(raw)`` (equal, hashing alike, printing alike) in about two-thirds
     of the time (benchmarks/NOTES.md); ``tests/test_models.py`` proves the equality over
-    generated URLs. The scheme and the host are shared strings (``sys.intern``): a batch's
+    generated URLs. The scheme and the host are shared strings (``_HOSTS``): a batch's
     images, like a service's results, mostly live on one host, and a parked edit keeps its
     URLs for as long as it waits.
     """
@@ -224,9 +228,12 @@ def _plain_url(raw: str) -> URL | None:
     scheme, authority, port, path, query = match.groups()
     if port is not None and int(port) > 65535:
         return None
+    host = _HOSTS.setdefault(authority, authority)
+    if len(_HOSTS) > _HOSTS_MAX:
+        _HOSTS.clear()
     return URL.build(
         scheme=_SCHEMES[scheme],
-        authority=sys.intern(authority),
+        authority=host,
         path=path or "",
         query_string=query or "",
         encoded=True,

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from seedream_async import AspectRatio, EditRequest, InvalidRequest, Quality, TaskState
+from seedream_async import AspectRatio, EditRequest, InvalidRequest, Quality, TaskState, _models
 from seedream_async._models import _PLAIN_URL, _plain_url, parse_url
 
 URLS = ["https://img.example/a.png"]
@@ -170,3 +170,22 @@ def test_the_usual_url_is_split_only() -> None:
     raw = "https://cdn.example.com:8443/images/a-1_b.png?v=2&w=1024"
     assert _plain_url(raw) == URL(raw)
     assert _plain_url("https://cdn.example.com/a b.png") is None  # re-quoted: yarl's parse
+
+
+def test_urls_on_one_host_share_its_string_and_the_table_stays_bounded() -> None:
+    """A parked edit's URL keeps no host string of its own; hosts a service invents come and
+    go (never kept forever, as ``sys.intern`` would on builds where interned strings are
+    immortal)."""
+    one = EditRequest(prompt="p", image_urls=["https://cdn.example.com/a.png"])
+    two = EditRequest(prompt="p", image_urls=["https://cdn." + "example.com/b.png"])
+    first, second = one.image_urls[0], two.image_urls[0]
+    assert isinstance(first, URL)
+    assert isinstance(second, URL)
+    assert first.raw_authority is second.raw_authority
+    for n in range(3 * _models._HOSTS_MAX):
+        parse_url(f"https://h{n}.example/r.png")
+        assert len(_models._HOSTS) <= _models._HOSTS_MAX
+    assert (
+        parse_url("https://last.example/a").raw_authority
+        is parse_url("https://last.example/b").raw_authority
+    )
