@@ -199,11 +199,13 @@ _PLAIN_URL = re.compile(
 )
 #: One string per scheme, shared by every URL (the match's group is a new string each time).
 _SCHEMES = {"http": "http", "https": "https"}
-#: Hosts seen lately, each one string that every URL on it shares. Bounded: a service's
-#: answers name hosts too, and ``sys.intern`` would keep each forever on the builds where
-#: interned strings are immortal (3.12.0-3.12.4, free-threaded).
+#: Hosts seen lately, each one string that every URL on it shares. Bounded in number and in
+#: length: callbacks are parsed before their token is checked, so anyone who can reach the
+#: receiver chooses hosts too (and ``sys.intern`` would keep each forever on the builds where
+#: interned strings are immortal: 3.12.0-3.12.4, free-threaded).
 _HOSTS: dict[str, str] = {}
 _HOSTS_MAX = 1024
+_HOST_LONGEST = 259  # a DNS name's 253 characters, a colon and a port
 
 
 def parse_url(raw: str) -> URL:
@@ -228,9 +230,11 @@ def _plain_url(raw: str) -> URL | None:
     scheme, authority, port, path, query = match.groups()
     if port is not None and int(port) > 65535:
         return None
-    host = _HOSTS.setdefault(authority, authority)
-    if len(_HOSTS) > _HOSTS_MAX:
-        _HOSTS.clear()
+    host = authority
+    if len(authority) <= _HOST_LONGEST:
+        host = _HOSTS.setdefault(authority, authority)
+        if len(_HOSTS) > _HOSTS_MAX:
+            _HOSTS.clear()
     return URL.build(
         scheme=_SCHEMES[scheme],
         authority=host,

@@ -9,7 +9,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seedream_async import CallbackReceiver, Settings
+from seedream_async import CallbackReceiver, Settings, _models
 from seedream_async._lifecycle import Lifecycle
 from seedream_async._limits import Slots
 from seedream_async._signing import sign
@@ -114,3 +114,19 @@ def test_signature_headers_never_raise(
     head = {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature}
     # 400: an id that is blank or padded is no task id at all.
     assert receiver(b"k").handle("POST", "tok", body, head).status in {400, 401, 404}
+
+
+def test_a_stranger_cannot_make_the_url_parser_keep_long_hosts() -> None:
+    """Callbacks are parsed before their token is checked: hosts a stranger makes up in result
+    URLs must not pile up in the table that lets URLs share their host's string."""
+    r = receiver(None)
+    for n in range(20):
+        host = f"h{n}" + "a" * 5_000 + ".example"
+        data = {
+            "taskId": "t",
+            "state": "success",
+            "resultJson": json.dumps({"resultUrls": [f"https://{host}/r.png"]}),
+        }
+        body = json.dumps({"code": 200, "data": data}).encode()
+        assert r.handle("POST", f"stranger-{n}", body, {}).status == 404
+        assert host not in _models._HOSTS
