@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from yarl import URL
 
 from seedream_async import (
@@ -21,6 +23,7 @@ from seedream_async import (
     RequestRejected,
     ServerError,
     ServiceUnavailable,
+    TaskRecord,
     TaskState,
     UsageLimitExceeded,
     _wire,
@@ -127,6 +130,47 @@ def test_record_round_trips_both_schemas() -> None:
     old = record_to_wire(rec, old_schema=True)
     assert "creditsConsumed" not in old
     assert parse_record(old) == rec
+
+
+_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20)  # no lone surrogates
+_millis = st.integers(0, 4_102_444_800_000).map(lambda ms: datetime.fromtimestamp(ms / 1000, UTC))
+_known = st.sampled_from([s for s in TaskState if s is not TaskState.UNKNOWN])
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> TaskRecord:
+    if draw(st.booleans()):
+        state: TaskState = draw(_known)
+        raw_state = state.value
+    else:
+        state = TaskState.UNKNOWN
+        raw_state = draw(_text.filter(lambda s: TaskState.parse(s) is TaskState.UNKNOWN))
+    hosts = st.sampled_from(["https://tempfile.example/", "http://127.0.0.1:8080/r/"])
+    urls = st.lists(st.tuples(hosts, st.integers(0, 10**9)), max_size=3)
+    return TaskRecord(
+        task_id=draw(_text.filter(lambda s: s.isprintable() and s == s.strip())),
+        state=state,
+        raw_state=raw_state,
+        model=draw(st.none() | _text),
+        result_urls=tuple(URL(f"{h}{n}.png") for h, n in draw(urls)),
+        fail_code=draw(st.none() | _text),
+        fail_msg=draw(st.none() | _text),
+        create_time=draw(st.none() | _millis),
+        complete_time=draw(st.none() | _millis),
+        update_time=draw(st.none() | _millis),
+        credits_consumed=draw(st.none() | st.floats(allow_nan=False, allow_infinity=False)),
+    )
+
+
+@given(_records(), st.booleans())
+def test_any_record_round_trips_through_the_wire(rec: TaskRecord, old: bool) -> None:
+    wire = record_to_wire(rec, old_schema=old)
+    assert parse_record(json.loads(json.dumps(wire))) == rec
+    for key, value in (("createTime", rec.create_time), ("updateTime", rec.update_time)):
+        assert wire[key] == (None if value is None else round(value.timestamp() * 1000))
+    urls = json.loads(wire["resultJson"])["resultUrls"] if rec.result_urls else []
+    assert urls == [str(u) for u in rec.result_urls]
+    assert wire["creditsConsumed" if not old else "consumeCredits"] == rec.credits_consumed
 
 
 @pytest.mark.parametrize(
