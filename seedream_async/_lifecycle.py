@@ -168,7 +168,6 @@ class Task:
     """One task being tracked; ``outcome`` is its final ``TaskRecord`` (or error) once known."""
 
     __slots__ = (
-        "deadline",
         "due",
         "fleet_key",
         "holds_slot",
@@ -200,9 +199,9 @@ class Task:
         self.request = request
         #: It counts against ``max_in_flight`` until final.
         self.holds_slot = holds_slot
-        #: Loop time the clocks started (the service had the task); inf until then.
+        #: Loop time the clocks started (the service had the task); inf until then. The
+        #: deadline is ``settings.task_deadline`` after it (not kept: a float per parked edit).
         self.started = float("inf")
-        self.deadline = float("inf")
         #: Loop time createTask went out.
         self.sent_at = float("inf")
         #: When the poller looks next; heap entries with another ``due`` are stale.
@@ -659,7 +658,6 @@ class Lifecycle:
 
     def _start_clocks(self, task: Task, origin: float) -> None:
         task.started = origin
-        task.deadline = origin + self.settings.task_deadline
 
     def _refuse_if_closed(self) -> None:
         if self.closed:

@@ -79,12 +79,12 @@ class Poller:
             return
         now = asyncio.get_running_loop().time()
         if task.task_id is None:
-            due = task.deadline  # nothing to poll: only the deadline matters
+            due = self._deadline(task)  # nothing to poll: only the deadline matters
         elif poll_now:
             due = now
         elif self.safety_net:
             due = now + self._settings.safety_poll_after
-            if self._first_last <= due <= task.deadline:
+            if self._first_last <= due <= self._deadline(task):
                 self._schedule_first(task, due)
                 return
         else:
@@ -130,7 +130,7 @@ class Poller:
         self._last_poll.clear()
 
     def _push(self, task: Task, due: float) -> None:
-        due = min(due, task.deadline)
+        due = min(due, self._deadline(task))
         self._first.pop(task, None)  # a task has one current entry: this one
         task.due = due
         heapq.heappush(self._heap, (due, next(self._seq), task))
@@ -176,6 +176,10 @@ class Poller:
             else:
                 return None
 
+    def _deadline(self, task: Task) -> float:
+        """Loop time ``task`` expires: inf until its clocks start."""
+        return task.started + self._settings.task_deadline
+
     def _interval(self, task: Task, now: float) -> float:
         if self.safety_net:
             return self._settings.safety_poll_every
@@ -188,7 +192,7 @@ class Poller:
         while True:
             now = loop.time()
             while len(self._polls) < self._max_polls and (task := self._pop_due(now)) is not None:
-                if now >= task.deadline:
+                if now >= self._deadline(task):
                     self._lifecycle.expire(task)
                 elif task.task_id is not None:
                     self._start_poll(task)
