@@ -164,6 +164,13 @@ class Slots:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
+    def take(self) -> bool:
+        """Take a slot if one is free now and nobody waits (no coroutine made); else False."""
+        if self.free > 0 and not self._waiters and not self._closed:
+            self.free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Wait for a slot; cancelling the wait costs nothing."""
         if self._closed:

@@ -2,10 +2,11 @@
 The tracker: runs submissions through their lifecycle, and owns what that needs.
 
 It is the one internal seam the client facade and the batch runner both use: ``submit``
-(slot, register, createTask, then the lifecycle's events), ``resume``, ``reconcile``, the
-in-flight slots, the poller, the receiver's attachment, the downloader and every background
-task. It starts once (``start``), and ``close`` is final: queued submissions, limiter and
-slot waiters get ``ClientClosed`` at once, and nothing is sent or scheduled afterwards.
+(slot, register, a turn on the wire, createTask, then the lifecycle's events), ``resume``,
+``reconcile``, the in-flight slots, the poller, the receiver's attachment, the downloader and
+every background task. It starts once (``start``), and ``close`` is final: queued
+submissions, limiter and slot waiters get ``ClientClosed`` at once, and nothing is sent or
+scheduled afterwards.
 """
 
 from __future__ import annotations
@@ -61,16 +62,35 @@ class _Sending:
     cyclic GC counts and scans every object an edit allocates.
     """
 
-    __slots__ = ("lifecycle", "on_sent", "task")
+    __slots__ = ("lifecycle", "on_sent", "task", "wire")
 
-    def __init__(self, lifecycle: Lifecycle, task: Task, on_sent: OnSend | None) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, task: Task, on_sent: OnSend | None, wire: Slots | None
+    ) -> None:
         self.lifecycle = lifecycle
         self.task = task
         self.on_sent = on_sent
+        #: The submission's turn on the wire, held until its createTask is over.
+        self.wire = wire
 
     def __call__(self) -> object:
         self.lifecycle.send(self.task)
         return self.on_sent() if self.on_sent is not None else None
+
+    def off_wire(self) -> None:
+        """Give the turn on the wire to the next submission (once, whoever calls first)."""
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            wire.release()
+
+
+def _connections(session: aiohttp.ClientSession) -> int | None:
+    """How many requests ``session`` runs at once to one host; None when it has no limit."""
+    connector = session.connector
+    if connector is None:
+        return None
+    limits = [n for n in (connector.limit, connector.limit_per_host) if n > 0]
+    return min(limits) if limits else None
 
 
 class Tracker:
@@ -100,6 +120,12 @@ class Tracker:
         self.uploader: Uploader | None = None
         self.poller: Poller | None = None
         self.downloader: Downloader | None = None
+        #: createTasks on the wire at once: as many as the session has connections for them.
+        #: Submissions past that wait here as a future each, not as a createTask task with an
+        #: aiohttp request queued for a connection: a client parking thousands of edits (or
+        #: held back by the createTask limit) keeps a fraction of the objects per waiting
+        #: edit, which the cyclic GC counts and scans. None: the connector has no limit.
+        self.wire: Slots | None = None
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -123,6 +149,8 @@ class Tracker:
             coordinator=self.coordinator,
         )
         self.downloader = Downloader.for_settings(session, self.settings, telemetry=self.telemetry)
+        if (turns := _connections(session)) is not None:
+            self.wire = Slots(turns)
         if self.coordinator.shared:
             self.lifecycle.on_final = self.coordinator.share
             self.lifecycle.on_slot_freed = self._free_fleet_slot
@@ -136,6 +164,8 @@ class Tracker:
         """Final, and at once: every live task and every waiter gets ``ClientClosed``."""
         self.lifecycle.close()
         self.slots.close()
+        if self.wire is not None:
+            self.wire.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -184,14 +214,13 @@ class Tracker:
         """
         assert self.transport is not None, "start() first"
         assert self.uploader is not None
-        if self.receiver is None:
-            token = None
-        elif token is None:
-            token = self.new_token()
+        if token is None or self.receiver is None:
+            token = self.new_token()  # (None when nothing can call back)
         # Local images become URLs first (nothing is paid for an upload): createTask only
         # ever sees http(s), and a slow upload never holds an in-flight slot.
         sendable = await self.uploader.resolve(request) if request.local_images else request
-        await self.slots.acquire()
+        if not self.slots.take():  # (the usual case takes one without a coroutine)
+            await self.slots.acquire()
         try:
             task = self.lifecycle.queue(request, token, holds_slot=True)
         except BaseException:
@@ -200,7 +229,9 @@ class Tracker:
         callback_url = None if task.token is None else self._callback_url(task.token)
         if self.coordinator.shared:
             await self._enter_fleet(task)
-        sending = _Sending(self.lifecycle, task, on_sent)
+        if (wire := self.wire) is not None and not wire.take():
+            await self._wait_for_the_wire(wire, task)
+        sending = _Sending(self.lifecycle, task, on_sent, wire)
         loop = asyncio.get_running_loop()
         create: asyncio.Task[str | Exception] | None = None
         answer: Awaitable[str]
@@ -214,9 +245,15 @@ class Tracker:
             answer = loop.create_future()
             create = loop.create_task(self._create(sendable, callback_url, sending, answer))
         try:
-            task_id = await answer
+            try:
+                task_id = await answer
+            finally:
+                if create is None:
+                    sending.off_wire()
         except asyncio.CancelledError:
-            self._cancelled(task, create, answer, callback_url, on_accepted)
+            self._cancelled(
+                task, create, sending, answer, callback_url=callback_url, on_accepted=on_accepted
+            )
             raise
         except SubmissionUnknown as e:
             return await self._await_unknown(task, e, on_accepted)
@@ -226,11 +263,21 @@ class Tracker:
         self._accepted(task, task_id, on_accepted)
         return task
 
+    async def _wait_for_the_wire(self, wire: Slots, task: Task) -> None:
+        """Wait for a turn on the wire; cancelled, or the client closed, nothing went out."""
+        try:
+            await wire.acquire()
+        except BaseException:
+            self.lifecycle.refused(task)
+            raise
+
     def _cancelled(
         self,
         task: Task,
         create: asyncio.Task[str | Exception] | None,
+        sending: _Sending,
         answer: Awaitable[str],
+        *,
         callback_url: str | None,
         on_accepted: OnAccepted | None,
     ) -> None:
@@ -240,6 +287,7 @@ class Tracker:
         if task.phase is Phase.QUEUED:  # nothing went out: stop it there
             if create is not None:
                 create.cancel()
+            sending.off_wire()  # (a task cancelled before it ran never reaches its own)
             self.lifecycle.refused(task)
         elif create is not None:  # it may exist: keep tracking it in the background
             create.add_done_callback(lambda f: self._settle(task, f, on_accepted))
@@ -313,7 +361,7 @@ class Tracker:
         self,
         request: EditRequest,
         callback_url: str | None,
-        on_send: OnSend,
+        on_send: _Sending,
         answer: asyncio.Future[str],
     ) -> str | Exception:
         """createTask; its outcome goes to ``answer`` (unless the caller gave up), and back."""
@@ -327,6 +375,8 @@ class Tracker:
             if not answer.done():
                 answer.set_exception(e)
             return e  # returned, not raised: this task's outcome is read by ``_settle`` alone
+        finally:
+            on_send.off_wire()
         if not answer.done():
             answer.set_result(task_id)
         return task_id

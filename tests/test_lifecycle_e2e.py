@@ -70,6 +70,56 @@ async def test_a_429_storm_holding_the_queue_past_the_grace_loses_nothing(
     assert sim.stats.tasks_created == 24
 
 
+def _creating() -> int:
+    """createTasks under way in tasks of their own."""
+    return sum(1 for t in sdk_tasks() if "_create" in t.get_coro().__qualname__)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("callbacks", [False, True], ids=["polling", "callbacks"])
+async def test_edits_past_the_connection_limit_wait_without_a_task_each(
+    sim: Simulator, make_client: ClientFactory, callbacks: bool
+) -> None:
+    """Thirty edits over two connections: the 28 that wait for one wait as a future each,
+    not as a createTask task (and an aiohttp request) each, the objects the cyclic GC counts
+    and scans for every parked edit; all go out in turn, none twice."""
+    sim.config.create_answer_delay = 0.1
+    client = make_client(callbacks=callbacks, connection_limit=2, max_in_flight=50)
+    edits = [asyncio.create_task(client.edit(request(n))) for n in range(30)]
+    await until(lambda: sim.stats.create_requests >= 2)
+    most = 0
+    while not all(e.done() for e in edits):
+        most = max(most, _creating())
+        await asyncio.sleep(0.01)
+    assert most <= 2
+    assert [e.exception() for e in edits] == [None] * 30
+    assert sim.stats.create_requests == sim.stats.tasks_created == 30
+    assert client.in_flight == 0
+
+
+async def test_an_edit_waiting_for_a_connection_is_cancelled_or_closed_sending_nothing(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """Cancelled while it waits for its turn on the wire, an edit sends nothing and frees its
+    place; the client closing gives the ones still waiting ``ClientClosed``, nothing sent."""
+    sim.config.create_answer_delay = 0.3
+    sim.config.latency = (5.0, 5.0)  # every task made stays in flight
+    client = make_client(connection_limit=1, max_in_flight=10)
+    edits = [asyncio.create_task(client.edit(request(n))) for n in range(4)]
+    await until(lambda: sim.stats.create_requests == 1)
+    await asyncio.sleep(0.02)
+    edits[1].cancel()
+    await until(lambda: sim.stats.create_requests == 2)  # the third, not the cancelled one
+    await asyncio.sleep(0.02)
+    assert client.in_flight == 3
+    await client.aclose()
+    await asyncio.gather(*edits, return_exceptions=True)
+    assert edits[1].cancelled()
+    assert isinstance(edits[3].exception(), ClientClosed)
+    await asyncio.sleep(0.4)
+    assert sim.stats.create_requests == 2
+    assert sdk_tasks() == []
+
+
 # --- §7: close is final ---------------------------------------------------------------------------
 
 

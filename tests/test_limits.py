@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from seedream_async._limits import SlidingWindowLimiter
+from seedream_async import ClientClosed
+from seedream_async._limits import SlidingWindowLimiter, Slots
 
 Advance = Callable[[float], None]
 
@@ -140,3 +141,24 @@ async def test_fifo_under_contention(virtual_clock: Advance) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="rate"):
         SlidingWindowLimiter(0, 1.0)
+
+
+async def test_slots_are_taken_in_turn_and_never_past_a_waiter() -> None:
+    """``take`` is ``acquire`` without waiting: it never jumps the queue, nor takes from a
+    closed ``Slots``; a slot handed back goes to the longest waiter."""
+    slots = Slots(2)
+    assert slots.take()
+    assert slots.take()
+    assert not slots.take()
+    waiter = asyncio.create_task(slots.acquire())
+    await settle()
+    slots.release()
+    assert not slots.take()  # the waiter has it
+    await waiter
+    slots.release()
+    assert slots.take()
+    slots.release()
+    slots.close()
+    assert not slots.take()
+    with pytest.raises(ClientClosed):
+        await slots.acquire()
