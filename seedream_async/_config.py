@@ -107,7 +107,8 @@ class Settings:
     backoff_max: float = attrs.field(default=30.0, validator=_positive)
     #: Resubmit a createTask whose answer was lost; may pay twice. Off unless you opt in.
     resubmit_unknown: bool = False
-    #: Connections in the client's own pool (keep-alive matters more than their number).
+    #: Connections in the client's own pool (keep-alive matters more than their number); no
+    #: more createTasks go out at once, the rest wait their turn.
     connection_limit: int = attrs.field(default=100, validator=_at_least_one)
     #: Tasks accepted and not yet final, across all coroutines of a client.
     max_in_flight: int = attrs.field(default=100, validator=_at_least_one)
