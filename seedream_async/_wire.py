@@ -58,19 +58,6 @@ def _exactly(hook_type: object) -> Callable[[object], bool]:
     return lambda t: t == hook_type
 
 
-converter.register_structure_hook(URL, _url)
-converter.register_unstructure_hook(URL, str)
-converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
-converter.register_structure_hook(datetime, _millis)
-for _type, _hook in (
-    (tuple[URL, ...], _urls),
-    (datetime | None, _millis_or_none),
-    (str | None, _str_or_none),
-    (float | None, _float_or_none),
-):
-    converter.register_structure_hook_func(_exactly(_type), _hook)
-
-
 def _to_millis(value: datetime) -> int:
     return round(value.timestamp() * 1000)
 
@@ -89,14 +76,21 @@ def _url_strings(values: tuple[URL, ...]) -> list[str]:
     return [str(u) for u in values]
 
 
+converter.register_structure_hook(URL, _url)
+converter.register_unstructure_hook(URL, str)
+converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
+converter.register_structure_hook(datetime, _millis)
 converter.register_unstructure_hook(datetime, _to_millis)
-for _type, _out in (
-    (tuple[URL, ...], _url_strings),
-    (datetime | None, _to_millis_or_none),
-    (str | None, _as_is),
-    (float | None, _as_is),
-):
-    converter.register_unstructure_hook_func(_exactly(_type), _out)
+# A record's field types, each read and written by a direct hook.
+_FIELD_TYPES: tuple[tuple[Any, Callable[[Any, Any], Any], Callable[[Any], Any]], ...] = (
+    (tuple[URL, ...], _urls, _url_strings),
+    (datetime | None, _millis_or_none, _to_millis_or_none),
+    (str | None, _str_or_none, _as_is),
+    (float | None, _float_or_none, _as_is),
+)
+for _type, _read, _write in _FIELD_TYPES:
+    converter.register_structure_hook_func(_exactly(_type), _read)
+    converter.register_unstructure_hook_func(_exactly(_type), _write)
 
 _RECORD_KEYS = {
     "task_id": "taskId",
