@@ -96,6 +96,26 @@ async def test_edits_past_the_connection_limit_wait_without_a_task_each(
     assert client.in_flight == 0
 
 
+async def test_a_callers_session_sets_how_many_createtasks_go_out_at_once(
+    sim: Simulator,
+) -> None:
+    """With the caller's session, its connector's limits count (the lower of ``limit`` and
+    ``limit_per_host``), not ``connection_limit``."""
+    sim.config.create_answer_delay = 0.1
+    connector = aiohttp.TCPConnector(limit=10, limit_per_host=3)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = SeedreamClient("k", base_url=sim.url, session=session, settings=FAST)
+        edits = [asyncio.create_task(client.edit(request(n))) for n in range(12)]
+        most = 0
+        while not all(e.done() for e in edits):
+            most = max(most, _creating())
+            await asyncio.sleep(0.01)
+        await client.aclose()
+    assert most == 3
+    assert [e.exception() for e in edits] == [None] * 12
+    assert sim.stats.create_requests == 12
+
+
 async def test_an_edit_waiting_for_a_connection_is_cancelled_or_closed_sending_nothing(
     sim: Simulator, make_client: ClientFactory
 ) -> None:
