@@ -175,8 +175,7 @@ class Slots:
         """Wait for a slot; cancelling the wait costs nothing."""
         if self._closed:
             raise ClientClosed(_CLOSED)
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
+        if self.take():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
