@@ -20,6 +20,7 @@ from seedream_async import (
     RateLimited,
     RedisCoordinator,
     SeedreamClient,
+    ServerError,
 )
 from seedream_async.simulator import Simulator
 from tests.balancer import Balancer
@@ -530,3 +531,25 @@ async def test_an_account_wide_in_flight_cap_holds_across_clients(
     assert most <= 3
     with pytest.raises(ValueError, match="max_in_flight"):
         RedisCoordinator(redis_server.url, max_in_flight=0)
+
+
+async def test_a_createtask_that_never_left_gives_its_shared_grant_back(
+    sim: Simulator, redis_server: RedisServer, namespace: str, unused_tcp_port: int
+) -> None:
+    # One createTask per 5 s for the namespace. The first process's createTask finds nobody
+    # listening (no connection, so the service counted nothing): its grant is refunded, and
+    # the second process sends at once instead of waiting out the window.
+    settings = attrs.evolve(FAST, create_rate=1, create_period=5.0, create_attempts=1)
+
+    def client(url: Any) -> SeedreamClient:
+        coordinator = RedisCoordinator(redis_server.url, namespace=namespace)
+        return SeedreamClient(API_KEY, base_url=url, settings=settings, coordinator=coordinator)
+
+    async with client(f"http://127.0.0.1:{unused_tcp_port}") as nobody_home:
+        with pytest.raises(ServerError, match="network failure"):
+            await nobody_home.create_task(request(0))
+    async with client(sim.url) as second:
+        started = time.monotonic()
+        await second.create_task(request(1))
+        assert time.monotonic() - started < 2.0
+    assert sim.stats.tasks_created == 1
