@@ -22,7 +22,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from yarl import URL
 
 from ._errors import InvalidRequest, ServerError, error_for_code
-from ._models import MODEL, EditRequest, TaskRecord, TaskState, parse_url
+from ._models import MODEL, EditRequest, TaskRecord, TaskState, parse_url, url_text
 
 # Detailed validation builds error trees we never show (any failure becomes MalformedPayload)
 # and costs a third of structuring time on the callback path.
@@ -121,7 +121,7 @@ class MalformedPayload(ValueError):
 
 def create_task_body(request: EditRequest, callback_url: URL | str | None) -> bytes:
     """Encode the createTask JSON body (every image a URL: upload local ones first)."""
-    urls = [str(u) for u in request.image_urls if isinstance(u, URL)]
+    urls = [url_text(u) for u in request.image_urls if isinstance(u, URL)]
     if len(urls) != len(request.image_urls):
         raise InvalidRequest("image_urls", "local images must be uploaded before createTask")
     task_input: dict[str, Any] = {

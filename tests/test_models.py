@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from seedream_async import AspectRatio, EditRequest, InvalidRequest, Quality, TaskState, _models
-from seedream_async._models import _PLAIN_URL, _plain_url, parse_url
+from seedream_async._models import _PLAIN_URL, _plain_url, parse_url, url_text
 
 URLS = ["https://img.example/a.png"]
 
@@ -163,6 +163,37 @@ def test_a_url_taken_as_it_stands_is_the_url_yarl_parses(raw: str) -> None:
     assert _seen(fast) == _seen(URL(raw))
     if fast.scheme in ("http", "https") and fast.host and raw.isprintable() and " " not in raw:
         assert EditRequest(prompt="p", image_urls=[raw]).image_urls == (parsed,)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        _url_strings(),
+        st.from_regex(r"[a-z]{0,5}:?/{0,2}[a-zA-Z0-9.@:\[\]/?#=&%_-]{0,24}", fullmatch=True),
+        st.from_regex(_PLAIN_URL, fullmatch=True),
+    )
+)
+@example("https://img.example:443/a.png")  # yarl drops a default port
+@example("http://img.example:80")
+@example("https://user:pw@img.example/a.png")
+@example("http://[::1]:8080/a.png")
+@example("https://img.example?q=1")  # no path, a query: yarl prints "/" before it
+@example("https://img.example#top")
+@example("https://img.example/a.png?q=1#top")
+@example("https://xn--bcher-kva.example/a.png")
+@example("/relative/path")
+@example("mailto:someone@example.com")
+def test_a_url_prints_alike_through_its_parts(raw: str) -> None:
+    """``url_text`` is ``str`` (the createTask body and journal fingerprints depend on it)."""
+    try:
+        parsed = URL(raw)
+    except ValueError:
+        return
+    fast = parse_url(raw)
+    assert url_text(fast) == str(fast)
+    assert url_text(parsed) == str(parsed)
+    again = URL(str(parsed))  # its cache filled as yarl parses
+    assert url_text(again) == str(again)
 
 
 def test_the_usual_url_is_split_only() -> None:
