@@ -225,6 +225,37 @@ async def test_waiters_that_give_up_never_touch_the_task(
     assert (await handle.record()).state is TaskState.SUCCESS
 
 
+async def test_result_is_a_coroutine_wherever_asyncio_takes_one(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """``result()`` has no frame of its own (a parked edit keeps less), yet asyncio takes it as
+    a coroutine: awaited, in ``create_task``, ``gather`` or a ``TaskGroup``; awaited once
+    only; one never awaited asks nothing of the task; a failed task raises where awaited."""
+    sim.config.latency = (0.2, 0.2)
+    client = make_client(callbacks=True)
+    handle = await client.submit(request(0))
+    never = handle.result()
+    assert asyncio.iscoroutine(never)
+    assert "TaskHandle.result" in repr(never)
+    never.close()
+    assert handle._task.waiters is None  # nothing registered for a wait never begun
+    async with asyncio.TaskGroup() as group:
+        grouped = group.create_task(handle.result())
+        gathered = asyncio.gather(handle.result(), handle.result())
+        awaited = handle.result()
+        first = await awaited
+    assert [r.task_id for r in (grouped.result(), *await gathered, first)] == [handle.task_id] * 4
+    with pytest.raises(RuntimeError, match="cannot reuse"):
+        await awaited
+    sim.config.failure_rate = 1.0
+    failing = await client.submit(request(1))
+    with pytest.raises(TaskFailed):
+        await failing.result()
+    with pytest.raises(TaskFailed):
+        await asyncio.create_task(failing.result())  # already over: at once, as a task too
+    assert client.in_flight == 0
+
+
 async def test_a_finished_edit_is_freed_at_once(sim: Simulator, make_client: ClientFactory) -> None:
     """Nothing keeps a finished task: it is freed by reference counting, at once.
 
