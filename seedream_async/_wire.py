@@ -73,11 +73,11 @@ def _as_is(value: object) -> object:
 
 
 def _url_strings(values: tuple[URL, ...]) -> list[str]:
-    return [str(u) for u in values]
+    return [url_text(u) for u in values]
 
 
 converter.register_structure_hook(URL, _url)
-converter.register_unstructure_hook(URL, str)
+converter.register_unstructure_hook(URL, url_text)
 converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
 converter.register_structure_hook(datetime, _millis)
 converter.register_unstructure_hook(datetime, _to_millis)
