@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from yarl import URL
 
 from ._coordination import Coordinator
@@ -53,6 +53,7 @@ class Reply:
 
 
 _OK = Reply(200, _ACK)
+_NOT_FOUND = Reply.error(404, "not found")
 
 
 class CallbackReceiver:
@@ -93,6 +94,7 @@ class CallbackReceiver:
         self.host = host
         self.port = port
         self.path = path.rstrip("/")
+        self._token_prefix = self.path + "/"
         self.max_body = max_body
         self.signature_window = signature_window
         self.body_timeout = body_timeout
@@ -107,7 +109,7 @@ class CallbackReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._coordinator: Coordinator | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.BaseRunner | None = None
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_route("*", self.path + "/{token}", self._aiohttp_handler)
         # Mounted in someone's aiohttp app: once it shuts down, nothing can call back.
@@ -223,7 +225,10 @@ class CallbackReceiver:
         """Serve on ``host:port``; return the public URL."""
         if self._runner is not None or self.host is None:
             return self.public_url
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # aiohttp's low-level server: ``self.app``'s one route without its router, signals
+        # and request wrapper (~5 us less CPU per callback); ``self.app`` stays for mounting.
+        server = web.Server(self._serve, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -243,15 +248,34 @@ class CallbackReceiver:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
+    async def _serve(self, request: web.BaseRequest) -> web.Response:
+        """Every request to this receiver's own server: the mounted app's route, by hand."""
+        target = request.raw_path
+        prefix = self._token_prefix
+        if not target.startswith(prefix) or "%" in target or "?" in target or "#" in target:
+            target = request.rel_url.path_safe  # as aiohttp's router reads it
+            if not target.startswith(prefix):
+                return _response(_NOT_FOUND)
+        token = target[len(prefix) :]
+        if not token or "/" in token or "{" in token or "}" in token:
+            return _response(_NOT_FOUND)  # what the router's ``{token}`` does not match
+        if request.headers.get("Expect") is not None and (refused := await _expect(request)):
+            return refused
+        return await self._answer(request, token)
+
     async def _aiohttp_handler(self, request: web.Request) -> web.Response:
+        """The mounted app's route: its router found the token."""
+        return await self._answer(request, request.match_info["token"])
+
+    async def _answer(self, request: web.BaseRequest, token: str) -> web.Response:
         body = b""
         if request.method == "POST":
             length = request.content_length
             if (length or 0) > self.max_body:
                 return _response(Reply.error(413, "body too large"))
             try:
-                if length is not None and request.content.total_bytes >= length:
-                    body = await request.read()  # all here already: no timer, one read
+                if request.content.is_eof():
+                    body = request.content.read_nowait()  # all here already: no timer, no wait
                 else:
                     async with asyncio.timeout(self.body_timeout):
                         body = await self._read_body(request)
@@ -261,13 +285,12 @@ class CallbackReceiver:
                 return _response(Reply.error(408, "body too slow"))
             except (ConnectionError, web.HTTPException):
                 return _response(Reply.error(400, "incomplete body"))  # the peer hung up
-        token = request.match_info["token"]
         here = self._here(request.method, token, body, request.headers)
         if not isinstance(here, Reply):
             here = await self._route(token, *here)  # inline: no extra coroutine per callback
         return _response(here)
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         """Read at most ``max_body`` bytes, whatever the app around us allows."""
         body = bytearray()
         while chunk := await request.content.read(self.max_body + 1 - len(body)):
@@ -467,6 +490,17 @@ class AsgiApp:
 
 def _response(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+
+
+async def _expect(request: web.BaseRequest) -> web.Response | None:
+    """Answer an ``Expect`` header as aiohttp's router does: 100 Continue, or 417."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return _response(Reply.error(417, "unknown Expect"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer proper has not started
+    return None
 
 
 class _TooLarge(Exception):

@@ -228,3 +228,62 @@ async def test_one_receiver_one_client(sim: Simulator, make_client: ClientFactor
     await make_client(callbacks=receiver).credits()
     with pytest.raises(InvalidRequest, match="another client"):
         await make_client(callbacks=receiver).credits()
+
+
+async def exchange(port: int, target: str, body: bytes, expect: str | None = None) -> list[int]:
+    """One raw HTTP/1.1 POST (any request target, any Expect); the statuses answered."""
+    async with asyncio.timeout(5):  # a 100 Continue that never comes fails, not hangs
+        return await _exchange(port, target, body, expect)
+
+
+async def _exchange(port: int, target: str, body: bytes, expect: str | None) -> list[int]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        + (f"Expect: {expect}\r\n" if expect else "")
+        + "Connection: close\r\n\r\n"
+    )
+    writer.write(head.encode())
+    statuses = []
+    if expect == "100-continue":  # the body only once the server asks for it
+        statuses.append(int((await reader.readline()).split()[1]))
+        assert await reader.readline() == b"\r\n"
+    writer.write(body)
+    statuses.append(int((await reader.readline()).split()[1]))
+    writer.close()
+    await writer.wait_closed()
+    return statuses
+
+
+async def test_the_receivers_own_server_routes_as_a_mounted_app_does(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """Request targets the way a proxy or an odd sender writes them: the token is found
+    (query, percent-encoding, absolute form) or the answer is 404; Expect is honoured."""
+    receiver = CallbackReceiver()
+    first, second = await pending_pair(sim, make_client, callbacks=receiver)
+    url = url_of(sim, first)
+    assert url.port is not None
+    token, path = url.name, url.path
+    forged = callback_body(sim, second.task_id)  # on first's token: 400 once routed there
+    encoded = path[: -len(token)] + "".join(f"%{ord(c):02X}" for c in token)
+    cases = {
+        "/": 404,
+        "/seedream/callback": 404,
+        "/seedream/callback/": 404,
+        path + "/": 404,
+        path + "/more": 404,
+        path.replace("/callback/", "/callbackx/"): 404,
+        path + "x": 404,  # a token nobody issued
+        path: 400,
+        path + "?from=proxy": 400,
+        encoded: 400,
+        f"http://127.0.0.1:{url.port}{path}": 400,
+    }
+    for target, status in cases.items():
+        assert await exchange(url.port, target, forged) == [status], target
+    assert await exchange(url.port, path, forged, expect="100-continue") == [100, 400]
+    assert (await exchange(url.port, path, forged, expect="something-else"))[-1] == 417
+    assert not first.done()
+    assert (await first.result()).urls == sim.record(first.task_id).result_urls
