@@ -75,6 +75,7 @@ class Transport:
         "_record_url",
         "_session",
         "_timeout",
+        "_traced",
         "create_limiter",
         "query_limiter",
         "settings",
@@ -113,6 +114,7 @@ class Transport:
         )
         self._closed = False
         self._cap = settings.max_answer_bytes
+        self._traced = bool(session.trace_configs)  # aiohttp's tracing sees every read
 
     def close(self) -> None:
         """Send nothing more: queued and future requests raise ``ClientClosed``."""
@@ -241,7 +243,13 @@ class Transport:
                     and length <= self._cap
                     and "Content-Encoding" not in resp.headers
                 ):
-                    raw = await resp.read()  # exactly ``length`` bytes: the common case
+                    # Exactly ``length`` bytes: the common case. Already all here (nothing to
+                    # wait for): taken as is, unless the session traces its body chunks.
+                    content = resp.content
+                    if content.is_eof() and not self._traced:
+                        raw = content.read_nowait()
+                    else:
+                        raw = await resp.read()
                 else:
                     raw = await self._read_capped(resp)
                 return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))

@@ -248,8 +248,15 @@ async def test_the_users_trace_configs_keep_working(
     ) -> None:
         seen.append(params.url.path)
 
+    async def on_chunk(
+        _session: aiohttp.ClientSession, _ctx: Any, params: aiohttp.TraceResponseChunkReceivedParams
+    ) -> None:
+        chunks.append(params.url.path)
+
+    chunks: list[str] = []
     trace_config = aiohttp.TraceConfig()
     trace_config.on_request_start.append(on_request_start)
+    trace_config.on_response_chunk_received.append(on_chunk)
     async with (
         aiohttp.ClientSession(trace_configs=[trace_config]) as session,
         SeedreamClient(
@@ -259,6 +266,7 @@ async def test_the_users_trace_configs_keep_working(
         await client.edit(request(5))
     assert any(path.endswith("/createTask") for path in seen)
     assert any(path.endswith("/recordInfo") for path in seen)
+    assert any(path.endswith("/createTask") for path in chunks)  # every answer read traced
     assert [s.name for s in exporter.get_finished_spans()] == ["seedream.edit"]
 
 
