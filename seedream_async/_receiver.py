@@ -253,14 +253,16 @@ class CallbackReceiver:
         target = request.raw_path
         prefix = self._token_prefix
         if not target.startswith(prefix) or "%" in target or "?" in target or "#" in target:
-            target = request.rel_url.path_safe  # as aiohttp's router reads it
+            target = request.path  # decoded, as the router matches it (no token has a '/')
             if not target.startswith(prefix):
                 return _response(_NOT_FOUND)
         token = target[len(prefix) :]
         if not token or "/" in token or "{" in token or "}" in token:
             return _response(_NOT_FOUND)  # what the router's ``{token}`` does not match
-        if request.headers.get("Expect") is not None and (refused := await _expect(request)):
-            return refused
+        if request.headers.get("Expect") is not None:
+            refused = await _expect(request)
+            if refused is not None:  # (a response is a mapping: an empty one is falsy)
+                return refused
         return await self._answer(request, token)
 
     async def _aiohttp_handler(self, request: web.Request) -> web.Response:
