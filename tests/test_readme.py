@@ -14,6 +14,7 @@ import ast
 import asyncio
 import builtins
 import inspect
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ async def readme_world(
         yield sim
 
 
+def task_stacks() -> str:
+    """Where every task of the loop waits (a hang's evidence)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    return out.getvalue()
+
+
 def test_the_readme_has_snippets() -> None:
     assert len(CHAINS) >= 10
 
@@ -83,8 +92,11 @@ async def test_snippet_runs_as_written(
         compiled = compile(code, f"README.md:{line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         outcome = eval(compiled, namespace)  # noqa: S307 (our own README, run on purpose)
         if inspect.iscoroutine(outcome):
-            async with asyncio.timeout(60):
-                await outcome
+            try:
+                async with asyncio.timeout(60):
+                    await outcome
+            except TimeoutError:
+                pytest.fail(f"README.md:{line} hung for 60 s; its tasks:\n{task_stacks()}")
     await asyncio.sleep(0)
     assert sdk_tasks() == [], "a snippet left an SDK task running"
 
