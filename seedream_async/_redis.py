@@ -317,9 +317,12 @@ class RedisCoordinator:
         if self._lifecycle is not None and self._lifecycle is not lifecycle:
             raise InvalidRequest("coordinator", "this coordinator already serves another client")
         self._lifecycle = lifecycle
+        # No socket_timeout: redis-py would send every command through asyncio.wait_for, which
+        # on Python 3.11 drops a cancel that lands as the write ends (the cancelled work runs
+        # on). Each round trip is bounded by asyncio.timeout instead (``call``, ``_listen``).
         self._redis = Redis.from_url(
             self._url,
-            socket_timeout=self.op_timeout,
+            socket_timeout=None,
             socket_connect_timeout=self.op_timeout,
             health_check_interval=5,
         )
@@ -378,8 +381,9 @@ class RedisCoordinator:
             raise ClientClosed("the coordinator is not started or already closed")
         self.round_trips += 1
         try:
-            return await work(self._redis)
-        except (RedisError, OSError) as e:
+            async with asyncio.timeout(self.op_timeout):
+                return await work(self._redis)
+        except (RedisError, OSError) as e:  # TimeoutError is an OSError
             self.connected.clear()
             raise CoordinatorUnavailable(f"redis at {self._shown}: {type(e).__name__}: {e}") from e
 
@@ -520,12 +524,14 @@ class RedisCoordinator:
             assert self._redis is not None
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.key("results"))
+                async with asyncio.timeout(self.op_timeout):
+                    await pubsub.subscribe(self.key("results"))
                 self.connected.set()
                 delay = 0.05
                 await self._catch_up()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    async with asyncio.timeout(1.0 + self.op_timeout):  # a reconnect in it too
+                        message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message.get("data"))
                         # A burst of buffered messages never suspends the read above: let the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -553,3 +554,29 @@ async def test_a_createtask_that_never_left_gives_its_shared_grant_back(
         await second.create_task(request(1))
         assert time.monotonic() - started < 2.0
     assert sim.stats.tasks_created == 1
+
+
+# --- cancellation -------------------------------------------------------------------------------
+
+
+async def test_a_round_trip_to_redis_that_is_cancelled_ends_cancelled(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    # Python 3.11's asyncio.wait_for drops a cancel that lands just as its inner work ends, and
+    # redis-py sends every command through wait_for once it has a socket timeout. The
+    # coordinator's background work (the listener, the heartbeat, the batches) then ran on
+    # after aclose() cancelled it, and aclose() waited for it forever.
+    coordinator = RedisCoordinator(redis_server.url, namespace=namespace)
+    async with SeedreamClient(API_KEY, base_url=sim.url, coordinator=coordinator) as client:
+        await client.credits()
+        ran_on = []
+        for ticks in [*range(12)] * 5:
+            call = asyncio.create_task(coordinator.call(lambda redis: redis.ping()))
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            if call.cancel():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+                if not call.cancelled():
+                    ran_on.append(ticks)
+        assert ran_on == []
