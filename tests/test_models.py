@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 import attrs
@@ -68,6 +70,47 @@ def test_a_fingerprint_never_changes_across_versions() -> None:
     )
     assert plain.fingerprint() == "4cde0b5c47c254cade55c317238da3b7e0fdee9b7e3385b7c08c6eef1dcaba3d"
     assert odd.fingerprint() == "0753d91b15e709bea47551ffeff03df4a75945b74baf47ecc1e5e0e57d9fa25f"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
+        str.strip
+    ),
+    paths=st.lists(st.text('ab/%._-~é"\\', max_size=8), min_size=1, max_size=3),
+    aspect_ratio=st.sampled_from(list(AspectRatio)),
+    quality=st.sampled_from(list(Quality)),
+    nsfw_checker=st.sampled_from([None, True, False]),
+)
+def test_a_fingerprint_is_the_digest_of_the_requests_canonical_json(
+    prompt: str,
+    paths: list[str],
+    aspect_ratio: AspectRatio,
+    quality: Quality,
+    nsfw_checker: bool | None,
+) -> None:
+    """Whatever the prompt holds (quotes, escapes, control characters, astral planes)."""
+    try:
+        request = EditRequest(
+            prompt=prompt,
+            image_urls=[f"https://img.example/{p}" for p in paths],
+            aspect_ratio=aspect_ratio,
+            quality=quality,
+            nsfw_checker=nsfw_checker,
+        )
+    except InvalidRequest:
+        return
+    canonical = json.dumps(
+        [
+            request.prompt,
+            [str(u) for u in request.image_urls],
+            aspect_ratio.value,
+            quality.value,
+            nsfw_checker,
+        ],
+        separators=(",", ":"),
+    )
+    assert request.fingerprint() == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_frozen_and_fingerprint_stable() -> None:
