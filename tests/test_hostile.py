@@ -380,6 +380,25 @@ async def test_answers_are_size_capped_even_when_compressed() -> None:
     assert peak < 16 << 20
 
 
+async def test_an_answer_nested_half_a_million_deep_is_refused_not_a_crash() -> None:
+    """Within ``max_answer_bytes``, 500,000 nested arrays: orjson before 3.9.15 (the speed
+    extra) recursed through them and the process died of a stack overflow (CVE-2024-27454)."""
+    depth = 500_000
+    body = b"[" * depth + b"]" * depth
+
+    async def record_info(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/jobs/recordInfo", record_info)
+    async for url in serve(app):
+        settings = attrs.evolve(FAST, query_attempts=1)
+        assert len(body) <= settings.max_answer_bytes
+        async with SeedreamClient("k", base_url=url, settings=settings) as client:
+            with pytest.raises(ServerError, match="non-JSON answer"):
+                await client.get_task("task_1")
+
+
 async def test_a_polled_record_of_another_task_is_not_taken(
     sim: Simulator, make_client: ClientFactory
 ) -> None:
