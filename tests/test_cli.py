@@ -201,7 +201,14 @@ def test_simulate_command_serves_counts_and_stops_cleanly(
 ) -> None:
     """One simulator command line, two spellings: knobs, counters, a balance, exit 0."""
     argv = [sys.executable, *command, "--port", "0", "--credits", "100", "--price", "2.5"]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+    # A terminal's Ctrl-C, even when this test runs where SIGINT is ignored (a background job
+    # of a shell without job control): an ignored signal stays ignored across exec.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    with proc:
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
@@ -239,7 +246,11 @@ def test_simulate_command_serves_counts_and_stops_cleanly(
             assert counters["credits_left"] == 97.5
         finally:
             proc.send_signal(stop)
-        out, _ = proc.communicate(timeout=10)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # fail, never hang: leaving the block waits for the process
+            raise
     assert proc.returncode == 0
     assert "stopped: tasks_created 1, paid_twice 0" in out
 
