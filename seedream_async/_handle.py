@@ -118,6 +118,9 @@ class _Result(Coroutine[Any, Any, EditResult]):
             self._wait = _SPENT
             raise typ if val is None else val  # not waiting: nothing to unwind
         try:
+            if val is None and tb is None:
+                # asyncio's form; the three-argument one warns from Python 3.12 on.
+                return wait.throw(typ)
             return wait.throw(typ, val, tb)
         except BaseException:
             self._wait = _SPENT

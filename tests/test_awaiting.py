@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 
 import pytest
 from yarl import URL
@@ -254,6 +255,32 @@ async def test_result_is_a_coroutine_wherever_asyncio_takes_one(
     with pytest.raises(TaskFailed):
         await asyncio.create_task(failing.result())  # already over: at once, as a task too
     assert client.in_flight == 0
+
+
+async def test_result_takes_both_forms_of_throw(sim: Simulator, make_client: ClientFactory) -> None:
+    """asyncio throws one exception into ``result()``; Python 3.12 deprecated passing on the
+    three-argument form, which warned at every cancelled wait (with warnings as errors, the
+    warning came out instead of the cancel). A caller's own three-argument throw still works,
+    with its warning where Python gives one; neither touches the task."""
+    sim.config.latency = (0.2, 0.2)
+    client = make_client(callbacks=True)
+    handle = await client.submit(request(0))
+    modern = handle.result()
+    modern.send(None)  # waiting now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KeyError, match="one"):
+            modern.throw(KeyError("one"))
+    legacy = handle.result()
+    legacy.send(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the caller's choice of form
+        with pytest.raises(KeyError, match="three"):
+            legacy.throw(KeyError, KeyError("three"), None)
+    with pytest.raises(RuntimeError, match="cannot reuse"):
+        legacy.send(None)
+    assert client.in_flight == 1
+    assert (await handle.result()).task_id == handle.task_id
 
 
 async def test_a_finished_edit_is_freed_at_once(sim: Simulator, make_client: ClientFactory) -> None:
