@@ -18,6 +18,16 @@ from yarl import URL
 
 from ._errors import InvalidRequest
 
+#: yarl's own constructor from parts (1.13+): ``URL.build`` without its argument checks and
+#: its 128-entry LRU cache, which every new URL misses (a result URL is always new).
+_url_from_parts: Callable[[str, str, str, str, str], URL] | None = None
+try:
+    from yarl._url import from_parts_uncached
+except ImportError:  # pragma: no cover (older yarl: ``URL.build``, as the floor tests run)
+    pass
+else:
+    _url_from_parts = from_parts_uncached
+
 MODEL = "seedream/4.5-edit"
 _E = TypeVar("_E", bound=enum.Enum)
 MAX_PROMPT_CHARS = 3000
@@ -235,6 +245,8 @@ def _plain_url(raw: str) -> URL | None:
         host = _HOSTS.setdefault(authority, authority)
         if len(_HOSTS) > _HOSTS_MAX:
             _HOSTS.clear()
+    if _url_from_parts is not None:
+        return _url_from_parts(_SCHEMES[scheme], host, path or "", query or "", "")
     return URL.build(
         scheme=_SCHEMES[scheme],
         authority=host,

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_unstructure_fn, override
 from yarl import URL
 
 from ._errors import InvalidRequest, ServerError, error_for_code
@@ -33,25 +33,13 @@ def _url(value: str, _: object) -> URL:
     return parse_url(value)
 
 
-def _urls(values: list[str], _: object) -> tuple[URL, ...]:
-    return tuple(map(parse_url, values))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _millis(value: float | str, _: object) -> datetime:
-    return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
-
-
-# Hooks for ``X | None`` that skip cattrs' generic union dispatch (every field of every record).
-def _millis_or_none(value: float | str | None, t: object) -> datetime | None:
-    return None if value is None else _millis(value, t)
-
-
-def _str_or_none(value: object, _: object) -> str | None:
-    return value if type(value) is str else None if value is None else str(value)
-
-
-def _float_or_none(value: float | str | None, _: object) -> float | None:
-    return None if value is None else float(value)
+    # Exact for integer milliseconds (``fromtimestamp(ms / 1000)`` rounds through a float of
+    # seconds), and a quarter quicker.
+    return _EPOCH + timedelta(0, 0, 0, float(value))
 
 
 def _exactly(hook_type: object) -> Callable[[object], bool]:
@@ -62,8 +50,8 @@ def _to_millis(value: datetime) -> int:
     return round(value.timestamp() * 1000)
 
 
-# The same for unstructuring (a journaled result's record, the simulator's every answer):
-# cattrs' generic ``X | None`` dispatch was two thirds of ``record_to_wire``.
+# Direct hooks for a record's ``X | None`` fields (a journaled result's record, the
+# simulator's every answer): cattrs' generic union dispatch was two thirds of ``record_to_wire``.
 def _to_millis_or_none(value: datetime | None) -> int | None:
     return None if value is None else _to_millis(value)
 
@@ -81,17 +69,16 @@ converter.register_unstructure_hook(URL, url_text)
 converter.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
 converter.register_structure_hook(datetime, _millis)
 converter.register_unstructure_hook(datetime, _to_millis)
-# A record's field types, each read and written by a direct hook.
-_FIELD_TYPES: tuple[tuple[Any, Callable[[Any, Any], Any], Callable[[Any], Any]], ...] = (
-    (tuple[URL, ...], _urls, _url_strings),
-    (datetime | None, _millis_or_none, _to_millis_or_none),
-    (str | None, _str_or_none, _as_is),
-    (float | None, _float_or_none, _as_is),
+_WRITERS: tuple[tuple[Any, Callable[[Any], Any]], ...] = (
+    (tuple[URL, ...], _url_strings),
+    (datetime | None, _to_millis_or_none),
+    (str | None, _as_is),
+    (float | None, _as_is),
 )
-for _type, _read, _write in _FIELD_TYPES:
-    converter.register_structure_hook_func(_exactly(_type), _read)
+for _type, _write in _WRITERS:
     converter.register_unstructure_hook_func(_exactly(_type), _write)
 
+#: A record's fields as the service names them.
 _RECORD_KEYS = {
     "task_id": "taskId",
     "raw_state": "rawState",
@@ -104,12 +91,10 @@ _RECORD_KEYS = {
     "credits_consumed": "creditsConsumed",
 }
 _RENAMES: dict[str, Any] = {k: override(rename=v) for k, v in _RECORD_KEYS.items()}
-converter.register_structure_hook(
-    TaskRecord, make_dict_structure_fn(TaskRecord, converter, **_RENAMES)
-)
 converter.register_unstructure_hook(
     TaskRecord, make_dict_unstructure_fn(TaskRecord, converter, **_RENAMES)
 )
+# Reading one is ``_structure_record`` (with the answers, below).
 
 
 class MalformedPayload(ValueError):
@@ -293,30 +278,66 @@ def parse_credits(data: Any) -> float:
 
 def parse_record(data: Any) -> TaskRecord:
     """Read a recordInfo (or callback) ``data`` object into a ``TaskRecord``."""
-    if not isinstance(data, dict):
-        raise MalformedPayload(f"task record is not an object: {type(data).__name__}")
-    state = data.get("state")
-    task_id = check_task_id(data.get("taskId") or data.get("task_id"))
-    if not isinstance(state, str) or len(state) > 64:
-        raise MalformedPayload("task record needs a string state")
-    fields = {k: v for k, v in data.items() if k in _WIRE_FIELDS and v not in (None, "")}
-    fields["taskId"] = task_id
-    fields["rawState"] = state
-    fields["resultUrls"] = _result_urls(data.get("resultJson"))
-    credits = data.get("creditsConsumed", data.get("consumeCredits"))
-    if isinstance(credits, int | float) and not isinstance(credits, bool):
-        fields["creditsConsumed"] = credits
-    else:
-        fields.pop("creditsConsumed", None)
     try:
-        return converter.structure(fields, TaskRecord)
-    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as e:
+        return _structure_record(data, TaskRecord)
+    except (ValueError, TypeError, OverflowError) as e:  # (MalformedPayload is a ValueError)
+        if isinstance(e, MalformedPayload):
+            raise
         raise MalformedPayload(f"task record does not parse: {e}") from e
 
 
-_WIRE_FIELDS = frozenset(
-    ("model", "state", "failCode", "failMsg", "createTime", "completeTime", "updateTime")
-)
+def _structure_record(data: Any, _: object) -> TaskRecord:
+    """
+    The converter's hook for ``TaskRecord``: the service's ``data`` object, quirks and all.
+
+    Written out rather than generated: every callback and every poll runs it, and in a busy
+    client the generated function (a dict of the renamed fields, then a hook call per field)
+    cost about twice this (benchmarks/NOTES.md). ``tests/test_wire.py`` holds it equal to
+    the generated one over generated records. ``""`` and null mean absent, as the service
+    writes them.
+    """
+    if not isinstance(data, dict):
+        raise MalformedPayload(f"task record is not an object: {type(data).__name__}")
+    get = data.get
+    state = get("state")
+    task_id = check_task_id(get("taskId") or get("task_id"))
+    if not isinstance(state, str) or len(state) > 64:
+        raise MalformedPayload("task record needs a string state")
+    credits = get("creditsConsumed", get("consumeCredits"))
+    return TaskRecord(
+        task_id=task_id,
+        state=TaskState.parse(state),
+        model=_text(get("model")),
+        raw_state=state,
+        result_urls=tuple([parse_url(u) for u in _result_urls(get("resultJson"))]),
+        fail_code=_text(get("failCode")),
+        fail_msg=_text(get("failMsg")),
+        create_time=_time(get("createTime")),
+        complete_time=_time(get("completeTime")),
+        update_time=_time(get("updateTime")),
+        credits_consumed=(
+            float(credits)
+            if isinstance(credits, int | float) and not isinstance(credits, bool)
+            else None
+        ),
+    )
+
+
+def _text(value: object) -> str | None:
+    """A text field: absent when null or ``""``; a number (``failCode``) as its text."""
+    if value is None or value == "":
+        return None
+    return value if type(value) is str else str(value)
+
+
+def _time(value: Any) -> datetime | None:
+    """A millisecond timestamp field: absent when null or ``""``."""
+    if value is None or value == "":
+        return None
+    return _millis(value, datetime)
+
+
+converter.register_structure_hook(TaskRecord, _structure_record)
 
 
 def _result_urls(value: Any) -> list[str]:

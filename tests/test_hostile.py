@@ -27,6 +27,7 @@ from seedream_async import (
     SeedreamClient,
     ServerError,
     Settings,
+    TaskState,
     TaskTimeout,
 )
 from seedream_async._config import InsecureBaseUrl
@@ -408,6 +409,26 @@ async def test_a_polled_record_of_another_task_is_not_taken(
     sim.config.tamper = tamper
     with pytest.raises(TaskTimeout):
         await make_client(task_deadline=0.6).edit(request(0))
+
+
+async def test_a_record_with_an_empty_state_is_polled_again_not_failed(
+    sim: Simulator, make_client: ClientFactory
+) -> None:
+    """A record whose ``state`` is ``""`` is a state we do not know, like any other: polled
+    again. (Before, reading it raised ``KeyError``, and the poller ended the paid task with
+    "unexpected KeyError while polling".)"""
+    blanked = 0
+
+    def blank_the_first_two(wire: dict[str, Any]) -> None:
+        nonlocal blanked
+        if blanked < 2:
+            blanked += 1
+            wire["state"] = ""
+
+    sim.config.tamper = blank_the_first_two
+    result = await make_client().edit(request(0))
+    assert result.record.state is TaskState.SUCCESS
+    assert blanked == 2
 
 
 async def test_receiver_survives_hang_ups_slow_bodies_and_big_apps(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import cattrs
 import orjson
 import pytest
-from hypothesis import given
+from cattrs.gen import make_dict_structure_fn, override
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -28,6 +31,7 @@ from seedream_async import (
     UsageLimitExceeded,
     _wire,
 )
+from seedream_async._models import parse_url
 from seedream_async._wire import (
     MalformedPayload,
     create_task_body,
@@ -160,6 +164,116 @@ def _records(draw: st.DrawFn) -> TaskRecord:
         update_time=draw(st.none() | _millis),
         credits_consumed=draw(st.none() | st.floats(allow_nan=False, allow_infinity=False)),
     )
+
+
+def test_millisecond_times_read_exactly_to_the_last_year() -> None:
+    rec = parse_record({"taskId": "t", "state": "success", "createTime": 253_402_300_799_999})
+    assert rec.create_time == datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert record_to_wire(rec)["createTime"] == 253_402_300_799_999
+
+
+def _generated_reader() -> Callable[[Any], TaskRecord]:
+    """The record reader this one replaced (cattrs' generated function over the renamed
+    fields, a hook per field type), kept as the oracle of ``test_the_reader_matches...``."""
+    conv = cattrs.Converter(detailed_validation=False)
+
+    def exactly(hook_type: object) -> Callable[[object], bool]:
+        return lambda t: t == hook_type
+
+    hooks: dict[object, Callable[[Any, Any], Any]] = {
+        tuple[URL, ...]: lambda v, _: tuple(map(parse_url, v)),
+        datetime | None: lambda v, t: None if v is None else _wire._millis(v, t),
+        str | None: lambda v, _: v if type(v) is str else None if v is None else str(v),
+        float | None: lambda v, _: None if v is None else float(v),
+    }
+    for hook_type, hook in hooks.items():
+        conv.register_structure_hook_func(exactly(hook_type), hook)
+    conv.register_structure_hook(TaskState, lambda v, _: TaskState.parse(v))
+    renames: dict[str, Any] = {k: override(rename=v) for k, v in _wire._RECORD_KEYS.items()}
+    structure = make_dict_structure_fn(TaskRecord, conv, **renames)
+    wire_fields = {"model", "state", "failCode", "failMsg", "createTime", "completeTime"}
+    wire_fields.add("updateTime")
+
+    def read(data: Any) -> TaskRecord:
+        if not isinstance(data, dict):
+            raise MalformedPayload("not an object")
+        state = data.get("state")
+        task_id = _wire.check_task_id(data.get("taskId") or data.get("task_id"))
+        if not isinstance(state, str) or len(state) > 64:
+            raise MalformedPayload("task record needs a string state")
+        fields = {k: v for k, v in data.items() if k in wire_fields and v not in (None, "")}
+        fields["taskId"] = task_id
+        fields["state"] = state  # (it dropped a state of "" and raised KeyError: a defect)
+        fields["rawState"] = state
+        fields["resultUrls"] = _wire._result_urls(data.get("resultJson"))
+        credits = data.get("creditsConsumed", data.get("consumeCredits"))
+        if isinstance(credits, int | float) and not isinstance(credits, bool):
+            fields["creditsConsumed"] = credits
+        else:
+            fields.pop("creditsConsumed", None)
+        try:
+            return structure(fields, TaskRecord)
+        except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as e:
+            raise MalformedPayload(str(e)) from e
+
+    return read
+
+
+_read_as_before = _generated_reader()
+_ids = _text.filter(lambda s: s.isprintable() and s == s.strip())
+_wire_values = st.one_of(
+    st.none(),
+    st.just(""),
+    st.booleans(),
+    st.integers(-(2**40), 2**50),
+    st.floats(allow_nan=True, allow_infinity=True),
+    _text,
+    st.sampled_from(["1774509092129", "12.5", "nan", "inf", "yesterday"]),
+    st.lists(st.integers(), max_size=2),
+)
+_result_jsons = st.one_of(
+    _wire_values,
+    st.lists(st.sampled_from(["https://x.example/a.png", "http://h:8080/b?c=1", "bad url"]))
+    .map(lambda urls: {"resultUrls": urls})
+    .flatmap(lambda obj: st.sampled_from([obj, json.dumps(obj)])),
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "taskId": st.one_of(_ids, _ids, _ids, _wire_values),
+            "task_id": _text,
+            "state": st.one_of(st.sampled_from([s.value for s in TaskState]), _wire_values),
+            "model": _wire_values,
+            "failCode": _wire_values,
+            "failMsg": _wire_values,
+            "createTime": _wire_values,
+            "completeTime": _wire_values,
+            "updateTime": _wire_values,
+            "resultJson": _result_jsons,
+            "creditsConsumed": _wire_values,
+            "consumeCredits": _wire_values,
+            "param": _wire_values,
+        },
+    )
+)
+@example({"taskId": "t", "state": "success", "creditsConsumed": True})
+@example({"taskId": "t", "state": "", "createTime": "", "failMsg": "", "model": 0})
+@example({"taskId": "t", "state": "success", "creditsConsumed": 1, "consumeCredits": 2.5})
+@example({"taskId": "t", "state": "success", "consumeCredits": 3, "failCode": 0})
+@settings(max_examples=400)
+def test_the_reader_matches_the_generated_one(data: dict[str, Any]) -> None:
+    try:
+        expected: TaskRecord | type[MalformedPayload] = _read_as_before(data)
+    except MalformedPayload:
+        expected = MalformedPayload
+    if expected is MalformedPayload:
+        with pytest.raises(MalformedPayload):
+            parse_record(data)
+    else:
+        assert parse_record(data) == expected
 
 
 @given(_records(), st.booleans())
