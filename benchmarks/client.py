@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +87,57 @@ def sdk_client(url: URL, in_flight: int, settings: Settings = UNLIMITED) -> Seed
 
 
 async def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Client CPU per task; with ``--rounds R``, R measured runs, each when the driver asks.
+
+    Rounds: the process stays up (warm, connected) and runs ``n`` tasks each time a line
+    comes on stdin, printing one JSON line per round. The driver keeps one such process per
+    variant and asks each in turn, so the variants take turns every second or so: the
+    machine's slow phases, which last seconds, then fall on every variant alike.
+    """
     url, n, k = URL(args.url), args.n, args.in_flight
-    warm = min(200, n)
-    if args.variant == "baseline":
+    async with _overhead_work(url, args.variant, k) as work:
+        await work(min(200, n))
+        if not args.rounds:
+            with Timer() as t:
+                await work(n)
+            return _overhead_row(t, n)
+        asks = await _stdin_lines()
+        for _ in range(args.rounds):
+            if not await asks.readline():
+                break  # the driver is gone
+            with Timer() as t:
+                await work(n)
+            print(json.dumps(_overhead_row(t, n)), flush=True)
+    return {"rounds": args.rounds}
+
+
+def _overhead_row(t: Timer, n: int) -> dict[str, Any]:
+    return {"wall": t.wall, "cpu": t.cpu, "n": n, "gc": gc.get_stats()[2]["collections"]}
+
+
+@contextlib.asynccontextmanager
+async def _overhead_work(
+    url: URL, variant: str, in_flight: int
+) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """``work(n)``: n tasks of ``variant``, ``in_flight`` at a time, on one warm client."""
+    if variant == "baseline":
         base = Baseline(url)
         await base.start()
-        await base.run(warm, k)
-        with Timer() as t:
-            await base.run(n, k)
-        await base.close()
-    else:
-        async with sdk_client(url, k) as client:
-            await drive(client, args.variant, warm, k)
-            with Timer() as t:
-                await drive(client, args.variant, n, k)
-    return {"wall": t.wall, "cpu": t.cpu, "n": n, "gc": gc.get_stats()[2]["collections"]}
+        try:
+            yield lambda n: base.run(n, in_flight)
+        finally:
+            await base.close()
+        return
+    async with sdk_client(url, in_flight) as client:
+        yield lambda n: drive(client, variant, n, in_flight)
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    """Standard input as a stream the event loop reads (the loop never blocks on it)."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
 
 
 async def drive(client: SeedreamClient, variant: str, n: int, in_flight: int) -> None:
@@ -390,6 +428,7 @@ def main() -> None:
     parser.add_argument("--variant", default="edit_many")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=0, help="overhead: rounds asked on stdin")
     parser.add_argument("--rate", type=int, default=20)
     parser.add_argument("--size", type=int, default=5 * 1024 * 1024)
     parser.add_argument("--period", type=float, default=1.0)

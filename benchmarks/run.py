@@ -52,12 +52,7 @@ async def run_client(
 ) -> tuple[bytes, bytes]:
     """Run ``benchmarks.client`` (under ``wrapper``, say valgrind) in a fresh process, pinned
     to the client's core; its stdout and stderr."""
-    argv = [*wrapper, sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
-    for name, value in options.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    if PINNED:
-        env["BENCH_CLIENT_CPU"] = str(CLIENT_CPU)
+    argv, env = _client_command(wrapper, mode, sim, options)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=HERE.parent,
@@ -69,6 +64,64 @@ async def run_client(
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{err.decode()[-3000:]}")
     return out, err
+
+
+def _client_command(
+    wrapper: list[str], mode: str, sim: Simulator, options: dict[str, object]
+) -> tuple[list[str], dict[str, str]]:
+    argv = [*wrapper, sys.executable, "-m", "benchmarks.client", mode, "--url", str(sim.url)]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if PINNED:
+        env["BENCH_CLIENT_CPU"] = str(CLIENT_CPU)
+    return argv, env
+
+
+class RoundClient:
+    """A client process kept up across rounds (``benchmarks.client overhead --rounds``)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, argv: list[str], err: Any) -> None:
+        self._proc, self._argv, self._err = proc, argv, err
+
+    @classmethod
+    async def start(cls, sim: Simulator, options: dict[str, object]) -> RoundClient:
+        argv, env = _client_command([], "overhead", sim, options)
+        err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by ``close``)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=HERE.parent,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+        return cls(proc, argv, err)
+
+    async def measure(self) -> dict[str, Any]:
+        """Ask for one measured round; its figures."""
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(b"go\n")
+        await stdin.drain()
+        line = await stdout.readline()
+        if not line:
+            await self.close()  # raises with the client's error, if it failed
+            raise RuntimeError(f"{' '.join(self._argv)} ended before its round")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def close(self) -> None:
+        """End the process; ``RuntimeError`` with its stderr if it failed."""
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
+        await self._proc.communicate()
+        self._err.seek(0)
+        err = self._err.read().decode(errors="replace")
+        self._err.close()
+        if self._proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(self._argv)} failed:\n{err[-3000:]}")
 
 
 async def measured(mode: str, config: SimulatorConfig, **options: object) -> dict[str, Any]:
@@ -87,24 +140,47 @@ async def measured(mode: str, config: SimulatorConfig, **options: object) -> dic
 # --- the five benchmarks --------------------------------------------------------------------
 
 
-async def overhead(reps: int, sizes: dict[str, int]) -> dict[str, Any]:
+async def overhead(rounds: int, sizes: dict[str, int], procs: int = 1) -> dict[str, Any]:
+    """Client CPU per task of each variant against the bare loop, at each in-flight size.
+
+    ``procs`` warm processes per variant, all up at once against one simulator, each asked
+    in turn for a round of ``n`` tasks (the order reversed every other round): the variants
+    take turns every few tenths of a second, so a slow phase of the machine (they last
+    seconds and move CPU per task by up to 30 %) falls on all of them alike, and each
+    variant's figure is spread over several processes (one process runs ~2 % faster or
+    slower than another of the same code for its whole life). Totals over the rounds.
+    """
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for in_flight, n in sizes.items():
         per = runs.setdefault(in_flight, {v: [] for v in VARIANTS})
-        for _ in range(reps):
-            for variant in VARIANTS:  # interleaved: noise hits every variant alike
-                work, loop = LOOPS.get(variant, (variant, "asyncio"))
-                run = await measured(
-                    "overhead", SimulatorConfig(), variant=work, n=n, in_flight=in_flight, loop=loop
-                )
-                per[variant].append(run)
+        # Finished tasks forgotten after a while: the service stays small over every round.
+        async with Simulator(SimulatorConfig(task_ttl=30.0)) as sim:
+            clients: dict[tuple[str, int], RoundClient] = {}
+            try:
+                for variant in VARIANTS:
+                    work, loop = LOOPS.get(variant, (variant, "asyncio"))
+                    options = {"variant": work, "n": n, "in_flight": in_flight, "loop": loop}
+                    for i in range(procs):
+                        clients[variant, i] = await RoundClient.start(
+                            sim, {**options, "rounds": rounds}
+                        )
+                order = list(clients)
+                for turn in range(rounds):
+                    for variant, i in order if turn % 2 == 0 else order[::-1]:
+                        per[variant].append(await clients[variant, i].measure())
+            finally:
+                for c in clients.values():
+                    await c.close()
     table: dict[str, Any] = {}
     for in_flight, per in runs.items():
         row: dict[str, Any] = {}
         for variant, results in per.items():
+            # Totals, not medians of rounds: a full collection of the cyclic GC (~20 ms) falls
+            # in a minority of rounds, and a median would leave it out.
+            tasks = sum(r["n"] for r in results)
             row[variant] = {
-                "tasks_per_s": statistics.median(r["n"] / r["wall"] for r in results),
-                "cpu_us_per_task": statistics.median(1e6 * r["cpu"] / r["n"] for r in results),
+                "tasks_per_s": tasks / sum(r["wall"] for r in results),
+                "cpu_us_per_task": 1e6 * sum(r["cpu"] for r in results) / tasks,
             }
         for variant in VARIANTS[1:]:
             row[variant]["cpu_ratio"] = (
@@ -113,8 +189,15 @@ async def overhead(reps: int, sizes: dict[str, int]) -> dict[str, Any]:
             row[variant]["throughput_ratio"] = (
                 row[variant]["tasks_per_s"] / row["baseline"]["tasks_per_s"]
             )
+            # The spread: each round's ratio to the bare loop's round (quartiles).
+            paired = [
+                r["cpu"] / r["n"] / (b["cpu"] / b["n"])
+                for r, b in zip(per[variant], per["baseline"], strict=True)
+            ]
+            if len(paired) >= 2:
+                row[variant]["round_ratio_quartiles"] = statistics.quantiles(paired, n=4)
         table[in_flight] = row
-    return {"reps": reps, "sizes": sizes, "results": table, "raw": runs}
+    return {"rounds": rounds, "procs": procs, "sizes": sizes, "results": table, "raw": runs}
 
 
 async def memory(reps: int, n: int) -> dict[str, Any]:
@@ -441,6 +524,22 @@ def fleet_markdown(f: dict[str, Any]) -> list[str]:
     ]
 
 
+def overhead_heading(o: dict[str, Any]) -> list[str]:
+    """The overhead table's title and how it was measured."""
+    if "rounds" not in o:  # a run from before rounds (fresh processes, medians)
+        return [f"## 1. Overhead against the raw aiohttp loop ({o['reps']} repetitions)"]
+    procs = o.get("procs", 1)
+    return [
+        "## 1. Overhead against the raw aiohttp loop"
+        f" ({o['rounds']} rounds x {procs} processes per variant)",
+        "",
+        f"Each variant runs in {procs} warm processes at once, each asked in turn for a round"
+        " of tasks, the order reversed every other round; CPU per task is the total over"
+        " every round. The quartiles are of each round's ratio to the bare loop's round of"
+        " the same turn: the spread a single short run would show.",
+    ]
+
+
 def instructions_markdown(i: dict[str, Any] | None) -> list[str]:
     if i is None:
         return []
@@ -525,9 +624,10 @@ def markdown(r: dict[str, Any], notes: str) -> str:
         "",
         f"Run {r['date']} with `{r['command']}` on {m['cores']} cores ({m['cpu']}),",
         f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['platform']}.",
-        "The simulator (the service) runs in the driver process, each client in a fresh",
-        f"process (pinned: {m['pinned']}). Medians of the repetitions; each comparison",
-        "measured side by side, interleaved, in this same run. Raw numbers:",
+        "The simulator (the service) runs in the driver process, each client in a process of",
+        f"its own (pinned: {m['pinned']}). Medians of the repetitions (the overhead table:",
+        "totals over rounds); each comparison measured side by side, interleaved, in this",
+        "same run. Raw numbers:",
         "`results/latest.json`.",
         "",
         "## Targets",
@@ -541,21 +641,22 @@ def markdown(r: dict[str, Any], notes: str) -> str:
     o = r["overhead"]
     lines += [
         "",
-        f"## 1. Overhead against the raw aiohttp loop ({o['reps']} repetitions)",
+        *overhead_heading(o),
         "",
-        "| in flight | tasks | variant | tasks/s | client CPU us/task | CPU ratio"
-        " | throughput ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| in flight | tasks per round | variant | tasks/s | client CPU us/task | CPU ratio"
+        " | rounds' ratios (quartiles) | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for in_flight, row in o["results"].items():
         n = o["sizes"][in_flight]
         for variant in VARIANTS:
             v = row[variant]
             ratio = f"{v['cpu_ratio']:.2f}" if "cpu_ratio" in v else "1"
+            spread = "/".join(f"{q:.2f}" for q in v.get("round_ratio_quartiles", ())) or "-"
             thr = f"{v['throughput_ratio']:.2f}" if "throughput_ratio" in v else "1"
             lines.append(
                 f"| {in_flight} | {n} | {variant} | {v['tasks_per_s']:,.0f} |"
-                f" {v['cpu_us_per_task']:.0f} | {ratio} | {thr} |"
+                f" {v['cpu_us_per_task']:.0f} | {ratio} | {spread} | {thr} |"
             )
     mem, peak = r["memory"], r["batch_peak"]
     lines += [
@@ -645,7 +746,7 @@ async def _one(name: str, plan: Plan) -> dict[str, Any]:
 
 def _steps(plan: Plan) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
     return {
-        "overhead": lambda: overhead(plan.table_reps, plan.sizes),
+        "overhead": lambda: overhead(plan.table_reps, plan.sizes, plan.overhead_procs),
         "memory": lambda: memory(plan.reps, plan.parked),
         "batch_peak": lambda: batch_peak(plan.small_batch, plan.large_batch, in_flight=100),
         "rate_limit": lambda: rate_limit(plan.rate_tasks, 20, plan.rate_period),
@@ -693,8 +794,10 @@ class Plan:
     upload_files: tuple[int, int] = (20, 200)
     #: The journaled batch sizes compared (peak RSS), the large one also resumed.
     million: tuple[int, int] = (10_000, 1_000_000)
-    #: Repetitions of the overhead table, the noisiest figures on a shared machine.
+    #: Rounds of the overhead table, the noisiest figures on a shared machine, and the
+    #: processes per variant that take them in turn.
     overhead_reps: int = 0
+    overhead_procs: int = 1
     #: In flight -> the two batch sizes whose instruction counts are subtracted.
     counted: dict[str, tuple[int, int]] = attrs.field(
         factory=lambda: {"100": (500, 2500), "1000": (1000, 4000)}
@@ -724,7 +827,7 @@ QUICK = Plan(
 )
 FULL = Plan(
     3,
-    {"10": 3000, "100": 3000, "1000": 5000},
+    {"10": 1000, "100": 1000, "1000": 3000},
     10_000,
     10_000,
     100_000,
@@ -735,7 +838,8 @@ FULL = Plan(
     2000,
     400,
     2000,
-    overhead_reps=5,
+    overhead_reps=6,
+    overhead_procs=3,
 )
 
 
