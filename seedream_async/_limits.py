@@ -30,6 +30,10 @@ _CLOSED = "the client was closed while this request waited for its turn"
 class Limiter(Protocol):
     """What the transport needs of a rate limit: in-process, or shared by a fleet (Redis)."""
 
+    def take(self) -> bool:
+        """Take a grant (``None``) if one is free now and nobody waits; else False, and the
+        caller awaits ``acquire()``. No coroutine is made for the usual free grant."""
+
     async def acquire(self) -> object:
         """Wait for a grant; cancelling the wait costs nothing."""
 
@@ -49,6 +53,7 @@ class SlidingWindowLimiter:
     __slots__ = (
         "_closed",
         "_held",
+        "_loop",
         "_paused_until",
         "_stamps",
         "_timer",
@@ -68,12 +73,23 @@ class SlidingWindowLimiter:
         self._timer: asyncio.Handle | None = None
         self._paused_until = 0.0
         self._closed = False
+        #: The event loop it runs on, once known (its clock and its timers).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self) -> bool:
+        """Take a grant if one is free now and nobody waits (no coroutine made); else False."""
+        if self._closed or self._waiters:
+            return False  # ``acquire()`` queues, or raises ``ClientClosed``
+        if self._wait(self._running_loop().time()) == 0:
+            self._held += 1
+            return True
+        return False
 
     async def acquire(self) -> None:
         """Wait for a grant; pair it with ``release()``. Cancelling the wait costs nothing."""
         if self._closed:
             raise ClientClosed(_CLOSED)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         if not self._waiters and self._wait(loop.time()) == 0:
             self._held += 1
             return
@@ -89,7 +105,7 @@ class SlidingWindowLimiter:
 
     def release(self, grant: object = None, *, sent: bool = True) -> None:
         """End a grant: a ``sent`` one counts for a period from now, another is refunded."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         self._held -= 1
         if sent:
             self._stamps.append(loop.time())
@@ -112,6 +128,13 @@ class SlidingWindowLimiter:
         self._paused_until = max(self._paused_until, when)
         if self._waiters:
             self._wake_soon(asyncio.get_running_loop(), reschedule=True)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, asked once (on Python 3.11 every ask is a ``getpid()`` call)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _wait(self, now: float) -> float:
         """Seconds until a grant is possible: 0 for now, inf until a release."""

@@ -737,6 +737,10 @@ class SharedLimiter:
         self._fallback: SlidingWindowLimiter | None = None
         self._closed = False
 
+    def take(self) -> bool:
+        """Never at once: every shared grant comes from Redis (``acquire()``)."""
+        return False
+
     async def acquire(self) -> object:
         """A shared grant (its id), or with Redis down, a grant of this process's share."""
         if self._closed:

@@ -224,7 +224,7 @@ class Transport:
         on_send: OnSend | None = None,
     ) -> _Answer:
         """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
-        grant = await limiter.acquire()
+        grant = None if limiter.take() else await limiter.acquire()
         sent = False
         try:
             # Checked again at the moment of sending: a close while queued sends nothing.

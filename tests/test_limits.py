@@ -162,3 +162,30 @@ async def test_slots_are_taken_in_turn_and_never_past_a_waiter() -> None:
     assert not slots.take()
     with pytest.raises(ClientClosed):
         await slots.acquire()
+
+
+async def test_take_grants_at_once_only_what_acquire_would() -> None:
+    """``take()``, the transport's way in without a coroutine, never jumps the queue, never
+    grants past the window and never grants after close."""
+    limiter = SlidingWindowLimiter(2, 10.0)
+    assert limiter.take()
+    assert limiter.take()
+    assert not limiter.take()  # the window is full
+    limiter.release(sent=False)  # refunded
+    assert limiter.take()
+    log: list[int] = []
+    waiting = grab(limiter, log, 0)
+    await settle()
+    assert log == []
+    limiter.release(sent=False)
+    limiter.release(sent=False)  # room for two now
+    assert not limiter.take()  # but a waiter is first (its wake-up queued, not yet run)
+    await settle()
+    assert log == [0]
+    assert limiter.take()
+    limiter.release(sent=False)  # room again: closed, nothing is granted all the same
+    limiter.close()
+    assert not limiter.take()
+    with pytest.raises(ClientClosed):
+        await limiter.acquire()
+    await waiting
