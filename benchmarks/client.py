@@ -90,9 +90,9 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     """Client CPU per task; with ``--rounds R``, R measured runs, each when the driver asks.
 
     Rounds: the process stays up (warm, connected) and runs ``n`` tasks each time a line
-    comes on stdin, printing one JSON line per round. The driver keeps one such process per
-    variant and asks each in turn, so the variants take turns every second or so: the
-    machine's slow phases, which last seconds, then fall on every variant alike.
+    comes on stdin, printing one JSON line per round. The driver keeps several such
+    processes per variant and asks each in turn, so the variants take turns every second or
+    so: the machine's slow phases, which last seconds, then fall on every variant alike.
     """
     url, n, k = URL(args.url), args.n, args.in_flight
     async with _overhead_work(url, args.variant, k) as work:
