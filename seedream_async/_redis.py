@@ -40,7 +40,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from yarl import URL
 
@@ -54,6 +54,7 @@ from ._wire import MalformedPayload, dump_json, load_json, parse_record, record_
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
 log = logging.getLogger("seedream_async")
 T = TypeVar("T")
@@ -542,7 +543,7 @@ class RedisCoordinator:
                 log.info("redis subscription lost (%s); reconnecting in %.2f s", e, delay)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await _aclose_pubsub(pubsub)
             await asyncio.sleep(delay)
             delay = min(2 * delay, 2.0)
 
@@ -602,6 +603,12 @@ class RedisCoordinator:
         lifecycle = self._lifecycle
         if lifecycle is not None:
             self._tokens = {h: t for h, t in self._tokens.items() if lifecycle.has_token(t)}
+
+
+async def _aclose_pubsub(pubsub: PubSub) -> None:
+    """Close a subscription: newer redis-py types `aclose()`, older does not; one cast fits both."""
+    close = cast("Callable[[], Awaitable[None]]", pubsub.aclose)
+    await close()
 
 
 def _record(raw: object) -> TaskRecord | None:

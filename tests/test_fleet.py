@@ -7,8 +7,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import aiohttp
 import attrs
@@ -320,7 +320,7 @@ async def test_a_result_nobody_else_awaits_is_not_broadcast(
                 heard.append(message)
         assert heard == []
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await cast("Callable[[], Awaitable[None]]", pubsub.aclose)()
         await spy.aclose()
 
 
