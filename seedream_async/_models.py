@@ -11,22 +11,21 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import attrs
 from yarl import URL
+from yarl import _url as _yarl_url
 
 from ._errors import InvalidRequest
 
 #: yarl's own constructor from parts (1.13+): ``URL.build`` without its argument checks and
 #: its 128-entry LRU cache, which every new URL misses (a result URL is always new).
-_url_from_parts: Callable[[str, str, str, str, str], URL] | None = None
-try:
-    from yarl._url import from_parts_uncached
-except ImportError:  # pragma: no cover (older yarl: ``URL.build``, as the floor tests run)
-    pass
-else:
-    _url_from_parts = from_parts_uncached
+#: Looked up by name, not imported: older yarl (the floor) has no such function and no stub for it.
+_url_from_parts = cast(
+    "Callable[[str, str, str, str, str], URL] | None",
+    getattr(_yarl_url, "from_parts_uncached", None),
+)
 
 MODEL = "seedream/4.5-edit"
 _E = TypeVar("_E", bound=enum.Enum)

@@ -11,7 +11,7 @@ application chooses its exporters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import ExtraNotInstalled
 from ._models import MODEL
@@ -174,7 +174,8 @@ class OpenTelemetryHook:
             span.set_attribute(TASK_ID, event.task_id)
         span.set_attributes(attributes)
         if event.error is not None:
-            span.record_exception(event.error)
+            # opentelemetry-api 1.20 (the floor) types this `Exception`; newer ones take any.
+            span.record_exception(cast(Exception, event.error))
             span.set_status(self._trace.StatusCode.ERROR, type(event.error).__qualname__)
         span.end(end_time=_ns(event.time))
 
