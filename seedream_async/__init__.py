@@ -11,11 +11,12 @@ from importlib.metadata import version as _version
 
 from ._batch import BatchItem, BatchProgress
 from ._client import ClientState, SeedreamClient
-from ._config import PollSchedule, Settings
+from ._config import InsecureBaseUrl, PollSchedule, Settings
 from ._coordination import Coordinator, LocalCoordinator
 from ._errors import (
     ApiError,
     AuthenticationError,
+    ClientAlreadyOpen,
     ClientClosed,
     CoordinatorUnavailable,
     DownloadError,
@@ -73,6 +74,7 @@ __all__ = [
     "BatchItem",
     "BatchProgress",
     "CallbackReceiver",
+    "ClientAlreadyOpen",
     "ClientClosed",
     "ClientState",
     "Coordinator",
@@ -90,6 +92,7 @@ __all__ = [
     "FeatureDisabled",
     "Hook",
     "ImagesDownloaded",
+    "InsecureBaseUrl",
     "InsufficientCredits",
     "InvalidRequest",
     "JournalBusy",

@@ -17,7 +17,7 @@ from yarl import URL
 from ._batch import BatchItem, BatchProgress, BatchRunner
 from ._config import Settings, resolve_api_key, resolve_base_url
 from ._coordination import Coordinator, LocalCoordinator
-from ._errors import ClientClosed, InvalidRequest, ReceiverError, SeedreamError
+from ._errors import ClientAlreadyOpen, ClientClosed, InvalidRequest, ReceiverError, SeedreamError
 from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import (
@@ -80,6 +80,7 @@ class SeedreamClient:
         self._receiver = callbacks
         self._owns_receiver = False
         self._state = ClientState.UNOPENED
+        self._entered = False
         self._start_lock = asyncio.Lock()
         self._coordinator: Coordinator = coordinator or LocalCoordinator()
         self._tracker = Tracker(settings, callbacks, self._coordinator, Telemetry(hooks))
@@ -106,7 +107,13 @@ class SeedreamClient:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> SeedreamClient:
+        if self._entered:
+            raise ClientAlreadyOpen(
+                "this client is already open in an 'async with'; share that one"
+                " (a nested 'async with' would close it under the first)"
+            )
         await self._open()
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -115,6 +122,7 @@ class SeedreamClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._entered = False
         await self.aclose()
 
     async def _open(self) -> Transport:

@@ -7,6 +7,7 @@ reaches a caller (it is kept as ``__cause__``)::
     SeedreamError
     ├── InvalidRequest (ValueError)        bad input, refused before any HTTP is sent
     ├── ClientClosed (RuntimeError)        the client was used after ``aclose()``
+    ├── ClientAlreadyOpen (RuntimeError)   a second ``async with`` on an open client
     ├── ApiError                           the service (or a proxy in front of it) said no
     │   ├── AuthenticationError            401
     │   ├── InsufficientCredits            402
@@ -66,6 +67,10 @@ class InvalidRequest(SeedreamError, ValueError):
 
 class ClientClosed(SeedreamError, RuntimeError):
     """The client (or receiver) was used after it was closed."""
+
+
+class ClientAlreadyOpen(SeedreamError, RuntimeError):
+    """``async with`` on a client another ``async with`` already holds open."""
 
 
 class ApiError(SeedreamError):

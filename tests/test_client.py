@@ -7,7 +7,13 @@ import logging
 import aiohttp
 import pytest
 
-from seedream_async import AuthenticationError, ClientClosed, InvalidRequest, SeedreamClient
+from seedream_async import (
+    AuthenticationError,
+    ClientAlreadyOpen,
+    ClientClosed,
+    InvalidRequest,
+    SeedreamClient,
+)
 from seedream_async.simulator import Simulator
 from tests.conftest import API_KEY, FAST, request
 
@@ -92,3 +98,15 @@ async def test_bad_arguments_before_http(sim: Simulator) -> None:
         with pytest.raises(InvalidRequest):
             await client.edit(request(1), prompt="p")
     assert sim.stats.create_requests == 0
+
+
+async def test_a_second_async_with_on_an_open_client_is_refused(sim: Simulator) -> None:
+    """As httpx: one ``async with`` owns a client; a nested one would close it under the first."""
+    async with SeedreamClient(API_KEY, base_url=sim.url, settings=FAST) as client:
+        with pytest.raises(ClientAlreadyOpen, match="async with"):
+            async with client:
+                pytest.fail("entered twice")
+        assert await client.credits() > 0  # the first 'async with' still owns an open client
+    with pytest.raises(ClientClosed):
+        async with client:
+            pytest.fail("entered after close")

@@ -29,10 +29,32 @@ def test_every_export_is_documented() -> None:
         assert getattr(seedream_async, name).__doc__, name
 
 
-def test_modules_import_alone() -> None:
-    """No circular imports: each module imports on its own, in any order."""
-    for info in pkgutil.iter_modules(seedream_async.__path__):
-        importlib.import_module(f"seedream_async.{info.name}")
+def test_every_error_and_warning_is_exported() -> None:
+    """A user catches what the package raises or warns: each such class has a public name.
+
+    Internal exceptions (caught inside the SDK) derive from neither, so they need no name.
+    """
+    for info in pkgutil.walk_packages(seedream_async.__path__, "seedream_async."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, seedream_async.SeedreamError | Warning)
+                and value.__module__ == info.name
+                and not name.startswith("_")
+            ):
+                assert name in seedream_async.__all__, f"{info.name}.{name}"
+
+
+MODULES = sorted(
+    info.name for info in pkgutil.walk_packages(seedream_async.__path__, "seedream_async.")
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_alone(module: str) -> None:
+    """No circular imports: each module imports first in a fresh interpreter (as aiohttp tests)."""
+    subprocess.run([sys.executable, "-W", "error", "-c", f"import {module}"], check=True)
 
 
 def test_py_typed_shipped() -> None:
