@@ -101,6 +101,9 @@ class Settings:
     query_period: float = attrs.field(default=1.0, validator=_positive)
     #: Attempts for createTask when the service provably did not take it (429, no connection).
     create_attempts: int = attrs.field(default=8, validator=_at_least_one)
+    #: Of those (and of a read's), how many may find no one listening (refused, no such
+    #: host) before ``ServiceUnreachable``: a wrong base URL fails in about a second.
+    connect_attempts: int = attrs.field(default=3, validator=_at_least_one)
     #: Attempts for idempotent reads (recordInfo, credit, downloads).
     query_attempts: int = attrs.field(default=5, validator=_at_least_one)
     backoff_initial: float = attrs.field(default=0.5, validator=_positive)

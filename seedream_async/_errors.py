@@ -2,7 +2,8 @@
 The exception tree of seedream_async.
 
 Every error the SDK raises is a ``SeedreamError``; no raw aiohttp or JSON exception ever
-reaches a caller (it is kept as ``__cause__``)::
+reaches a caller (it is kept as ``__cause__``; ``ServiceUnreachable``'s one line says all
+of it)::
 
     SeedreamError
     ├── InvalidRequest (ValueError)        bad input, refused before any HTTP is sent
@@ -17,6 +18,7 @@ reaches a caller (it is kept as ``__cause__``)::
     │   ├── UsageLimitExceeded             433
     │   ├── ServiceUnavailable             455
     │   ├── ServerError                    500, any other 5xx, a non-JSON answer, a network failure
+    │   │   └── ServiceUnreachable (ConnectionError)  no connection could be opened to the URL
     │   └── FeatureDisabled                505
     ├── TaskFailed                         the task ended in state ``fail``
     ├── TaskTimeout (TimeoutError)         the task did not end before its deadline
@@ -125,6 +127,15 @@ class ServiceUnavailable(ApiError):
 
 class ServerError(ApiError):
     """500, any other 5xx, a non-JSON answer, or the network failing."""
+
+
+class ServiceUnreachable(ServerError, ConnectionError):
+    """No connection could be opened to ``url`` (refused, no such host, TLS): nothing was sent."""
+
+    def __init__(self, url: URL, reason: str, *, endpoint: str | None = None) -> None:
+        super().__init__(f"cannot connect to {url}: {reason}", endpoint=endpoint)
+        self.url = url
+        self.reason = reason
 
 
 class FeatureDisabled(ApiError):

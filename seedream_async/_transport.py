@@ -25,6 +25,7 @@ from ._errors import (
     ClientClosed,
     RateLimited,
     ServerError,
+    ServiceUnreachable,
     SubmissionUnknown,
 )
 from ._limits import Limiter, SlidingWindowLimiter
@@ -131,6 +132,7 @@ class Transport:
         """Submit one task and return its id; never resubmit one that may exist."""
         body = create_task_body(request, callback_url)
         attempts = self.settings.create_attempts
+        refused = 0
         for attempt in range(attempts):
             try:
                 status, raw, retry_after = await self._exchange(
@@ -139,8 +141,7 @@ class Transport:
             except NEVER_SENT as e:
                 # No connection was had (refused, or none free in time): nothing was sent,
                 # so trying again cannot pay twice.
-                if attempt + 1 == attempts:
-                    raise _network_error(e, "createTask") from e
+                refused = self._count_unsent(e, attempt, refused)
                 await asyncio.sleep(backoff_delay(self.settings, attempt))
                 continue
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -194,6 +195,7 @@ class Transport:
 
     async def _read(self, url: URL, endpoint: str) -> Any:
         attempts = self.settings.query_attempts
+        refused = 0
         for attempt in range(attempts):
             last = attempt + 1 == attempts
             try:
@@ -201,6 +203,10 @@ class Transport:
                     self.query_limiter, "GET", url, None
                 )
                 return read_envelope(status, raw, endpoint=endpoint, retry_after=retry_after)
+            except aiohttp.ClientConnectorError as e:
+                refused += 1
+                if last or refused == self.settings.connect_attempts:
+                    raise unreachable(e, url, endpoint) from None
             except (aiohttp.ClientError, TimeoutError) as e:
                 if last:
                     raise _network_error(e, endpoint) from e
@@ -280,6 +286,17 @@ class Transport:
             self.telemetry.emit(RateLimitHit(endpoint=e.endpoint or "?", pause=delay))
         limiter.pause_until(asyncio.get_running_loop().time() + delay)
 
+    def _count_unsent(self, e: Exception, attempt: int, refused: int) -> int:
+        """Count a createTask that had no connection; raise once retrying is pointless."""
+        last = attempt + 1 == self.settings.create_attempts
+        if isinstance(e, aiohttp.ClientConnectorError):
+            refused += 1
+            if last or refused == self.settings.connect_attempts:
+                raise unreachable(e, self._create_url, "createTask") from None
+        elif last:
+            raise _network_error(e, "createTask") from e
+        return refused
+
     def _resubmit(self, attempt: int) -> bool:
         return self.settings.resubmit_unknown and attempt + 1 < self.settings.create_attempts
 
@@ -293,6 +310,17 @@ def _may_have_run(e: ApiError) -> bool:
 #: Failures before a request had a connection: a connection that could not be opened, and no
 #: connection (new, or free in the pool) within ``connect_timeout``. Nothing was sent.
 NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def unreachable(e: aiohttp.ClientConnectorError, url: URL, endpoint: str) -> ServiceUnreachable:
+    """One line that says where and why, with no chained traceback: the reason is all of it
+    (aiohttp's frames and the OS error's would fill a service's log for a wrong base URL)."""
+    reason = e.os_error
+    if isinstance(reason, ConnectionRefusedError):
+        text = "connection refused (is anything listening there?)"
+    else:
+        text = reason.strerror or str(reason) or type(reason).__name__
+    return ServiceUnreachable(url.with_query(None), text, endpoint=endpoint)
 
 
 def _network_error(e: BaseException, endpoint: str) -> ServerError:

@@ -40,6 +40,7 @@ from ._errors import (
     JournalError,
     ReceiverError,
     SeedreamError,
+    ServiceUnreachable,
     TaskFailed,
     TaskTimeout,
 )
@@ -794,13 +795,14 @@ def _log_to_stderr() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; map every error to one line and an exit code."""
+    warm_allocator()  # the CLI owns its process: asyncio's reads stay off mmap (glibc)
+    if args.command == "simulate":
+        # The simulator prints plain lines: it runs wherever the library is installed.
+        return run_command_line(args)  # Ctrl-C is how it stops: exit 0, counters printed
     try:
         import rich  # noqa: F401, PLC0415 (only to give a clear error without the extra)
     except ImportError:
         return _fail("the CLI needs its extra: pip install 'seedream-async[cli]'", EXIT_USAGE)
-    warm_allocator()  # the CLI owns its process: asyncio's reads stay off mmap (glibc)
-    if args.command == "simulate":
-        return run_command_line(args)  # Ctrl-C is how it stops: exit 0, counters printed
     started = time.monotonic()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -850,6 +852,8 @@ def _explain(e: Exception, args: argparse.Namespace) -> tuple[str, int]:
 
 def _service_message(e: ApiError, args: argparse.Namespace) -> str:
     where = "the simulator" if args.simulate else (args.base_url or "the service")
+    if isinstance(e, ServiceUnreachable):
+        return f"cannot reach {e.url}: {e.reason}"
     if e.code is None and e.http_status is None:
         return f"cannot reach {where}: {e.message}"
     return f"{type(e).__name__} from {where}: {e.message or e}"

@@ -788,10 +788,17 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
-def announce(url: URL) -> None:
-    """Print where the simulator serves (the first line of output: scripts read it)."""
+def announce(url: URL, create_limit: tuple[int, float] | None = None) -> None:
+    """Print where the simulator serves (the first line of output: scripts read it), and the
+    ``Settings`` that match its createTask window (a client's default is the real account's)."""
     print(f"seedream simulator serving on {url}")  # scripts read the URL at the line's end
     print(f"counters: {url / 'simulator' / 'stats'}; stop with Ctrl-C")
+    if create_limit is not None:
+        count, period = create_limit
+        print(
+            f"createTask window: {count} per {period:g} s; a client at that speed sets"
+            f" Settings(create_rate={count}, create_period={float(period)!r})"
+        )
     sys.stdout.flush()
 
 
@@ -814,7 +821,9 @@ def run_command_line(args: argparse.Namespace) -> int:
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(args.host, args.port, config, announce, report)
+            await serve(
+                args.host, args.port, config, lambda url: announce(url, config.create_limit), report
+            )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(until_signal())

@@ -255,6 +255,44 @@ def test_simulate_command_serves_counts_and_stops_cleanly(
     assert "stopped: tasks_created 1, paid_twice 0" in out
 
 
+def test_simulate_command_needs_no_cli_extra() -> None:
+    """``seedream-async simulate`` serves wherever the library is installed (no rich), as
+    ``python -m seedream_async.simulator`` does; the other commands still name the extra."""
+    blocked = "import sys; sys.modules['rich'] = None; from seedream_async.cli import main; main()"
+    argv = [sys.executable, "-c", blocked]
+    proc = subprocess.Popen([*argv, "simulate", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    with proc:
+        try:
+            assert proc.stdout is not None
+            assert "serving on http://127.0.0.1:" in proc.stdout.readline()
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "stopped: tasks_created 0" in out
+    done = subprocess.run(
+        [*argv, "credits", "--simulate"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 2
+    assert "seedream-async[cli]" in done.stderr
+
+
+def test_simulate_says_which_settings_match_its_window() -> None:
+    """A client's default window is the account's 20 per 10 s: the simulator says what matches
+    its own (the snippets against it ran five times slower than it allows)."""
+    proc, _ = _simulator("--create-limit", "7/1.5")
+    with proc:
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            line = proc.stdout.readline()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    assert "createTask window: 7 per 1.5 s" in line
+    assert "Settings(create_rate=7, create_period=1.5)" in line
+
+
 def test_simulate_help_lists_the_knobs(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("simulate", "--help") == 0
     text = capsys.readouterr().out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 from yarl import URL
 
@@ -53,3 +56,26 @@ def test_tree_is_drawn_in_the_docstring() -> None:
         obj = getattr(sa, name)
         if isinstance(obj, type) and issubclass(obj, sa.SeedreamError):
             assert name in _errors.__doc__, name
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_a_refused_connection_fails_soon_in_one_line_naming_the_url() -> None:
+    """A wrong base URL (nothing listening) used to take ~45-56 s of createTask retries."""
+    base = f"http://127.0.0.1:{_closed_port()}"
+    async with sa.SeedreamClient("k", base_url=base) as client:
+        for call in (lambda: client.edit(request(0)), client.credits):
+            async with asyncio.timeout(20):  # the connect retries take a second or two
+                with pytest.raises(sa.ServiceUnreachable) as info:
+                    await call()
+            error = info.value
+            assert isinstance(error, sa.ServerError)
+            assert isinstance(error, ConnectionError)
+            assert str(error.url).startswith(base)
+            assert f"cannot connect to {base}/api/v1/" in str(error)
+            assert "\n" not in str(error)
