@@ -111,6 +111,8 @@ class Event(enum.Enum):
     FINAL_RECORD = "final record"
     FATAL_ANSWER = "fatal answer"
     DEADLINE = "deadline"
+    #: A collaborator died (the poller, a resume's lookup): every live task fails, none hangs.
+    BROKEN = "broken"
     CLOSE = "close"
 
 
@@ -119,6 +121,7 @@ TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
     Phase.QUEUED: {
         Event.SEND: Phase.SENDING,
         Event.REFUSED: Phase.DROPPED,
+        Event.BROKEN: Phase.FAILED,
         Event.CLOSE: Phase.FAILED,
     },
     Phase.SENDING: {
@@ -126,18 +129,21 @@ TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
         Event.REFUSED: Phase.DROPPED,
         Event.ANSWER_LOST: Phase.ANSWER_LOST,
         Event.FINAL_RECORD: Phase.RESOLVED,
+        Event.BROKEN: Phase.FAILED,
         Event.CLOSE: Phase.FAILED,
     },
     Phase.ACCEPTED: {
         Event.FINAL_RECORD: Phase.RESOLVED,
         Event.FATAL_ANSWER: Phase.FAILED,
         Event.DEADLINE: Phase.EXPIRED,
+        Event.BROKEN: Phase.FAILED,
         Event.CLOSE: Phase.FAILED,
     },
     Phase.ANSWER_LOST: {
         Event.FINAL_RECORD: Phase.RESOLVED,
         Event.FATAL_ANSWER: Phase.FAILED,
         Event.DEADLINE: Phase.EXPIRED,
+        Event.BROKEN: Phase.FAILED,
         Event.CLOSE: Phase.FAILED,
     },
     Phase.RESOLVED: {},
@@ -398,10 +404,15 @@ class Lifecycle:
     def send(self, task: Task) -> None:
         """createTask is about to go out; refused (``ClientClosed``) once the client closed."""
         self._refuse_if_closed()
-        if self._move(task, Event.SEND) is not None:
-            task.sent_at = self._now()
-            if self.telemetry.active:
-                self.telemetry.emit(EditSent(edit=id(task)))
+        if self._move(task, Event.SEND) is None:
+            if isinstance(task.outcome, BaseException):
+                # Ended before it went out (``fail_all``): sending now would pay for a task
+                # whose caller was already told it failed.
+                raise task.outcome
+            return  # SENDING already: the same createTask again, after a 429
+        task.sent_at = self._now()
+        if self.telemetry.active:
+            self.telemetry.emit(EditSent(edit=id(task)))
 
     def accepted(self, task: Task, task_id: str) -> None:
         """The service answered createTask with ``task_id``: start the clocks and watch it."""
@@ -538,7 +549,7 @@ class Lifecycle:
     def fail_all(self, error: BaseException) -> None:
         """A collaborator died: end every live task with ``error`` rather than let it hang."""
         for task in self.live():
-            self._end(task, Event.FATAL_ANSWER, error=error)
+            self._end(task, Event.BROKEN, error=error)
 
     def callbacks_stopped(self, *, others_may_tell: bool = False) -> None:
         """

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 from yarl import URL
 
@@ -41,7 +42,7 @@ from seedream_async import (
     TaskState,
     TaskTimeout,
 )
-from seedream_async._lifecycle import DROPPED, Lifecycle, Offer, Phase, Task
+from seedream_async._lifecycle import DROPPED, Event, Lifecycle, Offer, Phase, Task
 from seedream_async._limits import Slots
 
 T = TypeVar("T")
@@ -66,12 +67,17 @@ class Watcher:
     def __init__(self) -> None:
         self.watched: Counter[int] = Counter()
         self.forgotten: Counter[int] = Counter()
+        self.polled_soon: Counter[int] = Counter()
+        self.stopped = 0
 
     def watch(self, task: Task, *, poll_now: bool = False) -> None:
         self.watched[id(task)] += 1
 
     def poll_soon(self, task: Task) -> None:
-        pass
+        self.polled_soon[id(task)] += 1
+
+    def callbacks_stopped(self) -> None:
+        self.stopped += 1
 
     def forget(self, task: Task) -> None:
         self.forgotten[id(task)] += 1
@@ -100,6 +106,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.lost: set[int] = set()
         self.last_rank: dict[int, int] = {}
         self.trusted_final: dict[int, TaskRecord] = {}
+        #: Tasks queued by this client, so holding one of its in-flight slots until final.
+        self.slotted: set[int] = set()
 
     def teardown(self) -> None:
         self.loop.close()
@@ -141,6 +149,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         token = f"token-{next(self.ids):020d}" if self.callbacks else None
         task = self.run(lambda: self.lc.queue(REQUEST, token, holds_slot=True))
         self.tasks.append(task)
+        self.slotted.add(id(task))
 
     @rule(data=st.data())
     def send(self, data: st.DataObject) -> None:
@@ -244,6 +253,90 @@ class LifecycleMachine(RuleBasedStateMachine):
             offer = self.run(lambda: self.lc.offer("guessed-" + "x" * 20, final(forged_id)))
             assert offer is Offer.UNKNOWN_TOKEN
 
+    # --- resuming and reconciling (tasks of an earlier run: no slot of this client) ----------
+
+    @rule(data=st.data())
+    def resume(self, data: st.DataObject) -> None:
+        """``resume(task_id)``: a task the service has, new here or already tracked."""
+        tracked = [t for t in self.tasks if t.task_id is not None and not t.done]
+        if tracked and data.draw(st.booleans()):
+            known = data.draw(st.sampled_from(tracked))
+            assert known.task_id is not None
+            phase = known.phase
+            assert self.run(lambda: self.lc.attach(known.task_id or "", REQUEST, None)) is known
+            assert known.phase is phase  # resuming a live task changes nothing
+            return
+        task_id = f"task_{next(self.ids)}"
+        if self.lc.closed:
+            with pytest.raises(ClientClosed):
+                self.run(lambda: self.lc.attach(task_id, REQUEST, None))
+            return
+        task = self.run(lambda: self.lc.attach(task_id, REQUEST, None))
+        self.tasks.append(task)
+        self.service_id[id(task)] = task_id
+        self.arrived_at[id(task)] = self.accepted_at[id(task)] = self.now
+        assert task.phase is Phase.ACCEPTED
+        assert self.watcher.watched[id(task)] == 1
+
+    @rule(data=st.data(), reached=st.booleans())
+    def reconcile(self, data: st.DataObject, reached: bool) -> None:
+        """``reconcile(token)``: an earlier run sent it and its answer never came."""
+        token = f"token-{next(self.ids):020d}"
+        error = SubmissionUnknown("an earlier run's answer was lost", request=REQUEST)
+        if self.lc.closed:
+            with pytest.raises(ClientClosed):
+                self.run(lambda: self.lc.attach_unknown(token, REQUEST, error))
+            return
+        task = self.run(lambda: self.lc.attach_unknown(token, REQUEST, error))
+        self.tasks.append(task)
+        self.lost.add(id(task))
+        self.arrived_at[id(task)] = self.now
+        if reached:  # the service made it: its callback may come
+            self.service_id[id(task)] = f"task_{next(self.ids)}"
+        if self.callbacks:
+            assert task.phase is Phase.ANSWER_LOST
+            assert task.started == self.now
+        else:  # nothing can ever tell: the caller gets SubmissionUnknown at once
+            assert task.phase is Phase.EXPIRED
+            assert task.outcome is error
+        if not task.done:  # reconciling it again finds the same task
+            assert self.run(lambda: self.lc.attach_unknown(token, REQUEST, error)) is task
+
+    # --- a collaborator dies, the receiver stops -----------------------------------------------
+
+    @rule()
+    def fail_all(self) -> None:
+        """The poller or the fleet died: every live task ends now, none hangs."""
+        live = self.lc.live()
+        error = ServerError("the poller died", code=None)
+        self.run(lambda: self.lc.fail_all(error))
+        assert not self.lc.live()
+        for task in live:
+            assert task.phase is Phase.FAILED
+            assert task.outcome is error
+            if task.sent_at == float("inf"):  # never sent: and now it never will be
+                with pytest.raises(ServerError):
+                    self.run(lambda t=task: self.lc.send(t))  # type: ignore[misc]
+
+    @precondition(lambda self: self.callbacks)
+    @rule(others_may_tell=st.booleans())
+    def callbacks_stop(self, others_may_tell: bool) -> None:
+        """The receiver stopped: accepted tasks are polled now; lost answers end or wait."""
+        accepted = [t for t in self.live(Phase.ACCEPTED) if t.task_id is not None]
+        lost = [t for t in self.live(Phase.ANSWER_LOST) if t.task_id is None]
+        polled = {id(t): self.watcher.polled_soon[id(t)] for t in accepted}
+        self.run(lambda: self.lc.callbacks_stopped(others_may_tell=others_may_tell))
+        self.callbacks = self.confirm = False
+        assert self.watcher.stopped == 1
+        for task in accepted:
+            assert self.watcher.polled_soon[id(task)] == polled[id(task)] + 1
+        for task in lost:
+            if others_may_tell:
+                assert task.phase is Phase.ANSWER_LOST  # another replica may hear it
+            else:
+                assert task.phase is Phase.EXPIRED
+                assert isinstance(task.outcome, SubmissionUnknown)
+
     # --- the poller ----------------------------------------------------------------------------
 
     @rule(
@@ -344,7 +437,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def slots_add_up(self) -> None:
         holding = sum(1 for t in self.tasks if t.holds_slot)
-        assert holding == self.lc.in_flight == sum(1 for t in self.tasks if not t.done)
+        live_slotted = sum(1 for t in self.tasks if not t.done and id(t) in self.slotted)
+        assert holding == self.lc.in_flight == live_slotted
         assert self.slots.free + self.lc.in_flight == LIMIT
 
     @invariant()
@@ -378,10 +472,25 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert isinstance(error, SeedreamError)
 
 
-LifecycleMachine.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestLifecycle = LifecycleMachine.TestCase
+def test_lifecycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the machine; then every event of the table must have moved some task."""
+    moved: Counter[Event] = Counter()
+    move = Lifecycle._move
+
+    def counting(self: Lifecycle, task: Task, event: Event) -> Phase | None:
+        phase = move(self, task, event)
+        if phase is not None:
+            moved[event] += 1
+        return phase
+
+    monkeypatch.setattr(Lifecycle, "_move", counting)
+    run_state_machine_as_test(
+        LifecycleMachine,
+        settings=settings(
+            max_examples=300,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+    assert set(moved) == set(Event), set(Event) - set(moved)
