@@ -195,3 +195,20 @@ _LOCAL_HOSTS = frozenset(("127.0.0.1", "localhost", "::1"))
 
 class InsecureBaseUrl(UserWarning):
     """A plain ``http://`` base URL to a non-local host: the key would travel in clear."""
+
+
+#: Settings for tests against the simulator: fast polls and retries, short safety polls.
+TEST_SETTINGS = Settings(
+    poll_schedule=PollSchedule(steps=((float("inf"), 0.05),), jitter=0.1),
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    safety_poll_after=1.0,
+    safety_poll_every=0.5,
+    visibility_grace=5.0,
+    request_timeout=5.0,
+    query_rate=200,
+    create_rate=1000,
+    create_period=1.0,
+    task_deadline=60.0,
+    allow_private_downloads=True,  # the simulator serves result images on loopback
+)
