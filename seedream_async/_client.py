@@ -16,7 +16,7 @@ from yarl import URL
 
 from ._batch import BatchItem, BatchProgress, BatchRunner
 from ._config import Settings, resolve_api_key, resolve_base_url
-from ._coordination import Coordinator, LocalCoordinator
+from ._coordination import AccountBound, Coordinator, LocalCoordinator
 from ._errors import ClientAlreadyOpen, ClientClosed, InvalidRequest, ReceiverError, SeedreamError
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -149,6 +149,8 @@ class SeedreamClient:
                 except OSError as e:
                     raise ReceiverError(f"the callback receiver could not start: {e}") from e
                 self._owns_receiver = True
+            if isinstance(self._coordinator, AccountBound):
+                self._coordinator.use_api_key(self._api_key)
             await self._coordinator.start(self._tracker.lifecycle)
             limiters = self._coordinator.limiters(self.settings)
             transport = Transport(

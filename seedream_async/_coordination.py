@@ -9,7 +9,7 @@ client is on its own, exactly as without a fleet. ``RedisCoordinator`` (``_redis
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ._config import Settings
 from ._lifecycle import Lifecycle, Offer, Task
@@ -57,6 +57,15 @@ class Coordinator(Protocol):
 
     async def claim_poll(self, task_id: str, seconds: float) -> bool:
         """True if this process should poll ``task_id`` now (one poll serves the fleet)."""
+
+
+@runtime_checkable
+class AccountBound(Protocol):
+    """A coordinator that seals what it shares under the account's key; the client gives it
+    the key before ``start`` (a ``Coordinator`` without this method is never told it)."""
+
+    def use_api_key(self, api_key: str) -> None:
+        """Seal and check every shared record under a key derived from ``api_key``."""
 
 
 class LocalCoordinator:

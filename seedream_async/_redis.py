@@ -24,6 +24,11 @@ What is shared, and how:
 - **Results survive processes.** Final records stay ``result_ttl`` (24 h, the result URLs'
   lifetime), by task id and by token: ``resume``/``reconcile`` anywhere resolve from them at
   once. A poll claim (``SET NX``) makes one poll serve every process awaiting a task.
+- **Nothing in Redis is believed unsealed.** Final records (stored and published) and token
+  registrations carry an HMAC-SHA256 tag under a key derived from the API key and the
+  namespace (``_fleet_mac``), made once per record; one that fails is logged as hostile and
+  ignored, and its task keeps its own callbacks and polls. What is not sealed (windows,
+  pauses, claims, members) can only delay.
 - **Faults.** Redis down: createTask waits up to ``unavailable_timeout`` and then raises
   ``CoordinatorUnavailable`` (never sends unaccounted); polls fall back to this process's share
   of the recordInfo rate (the rate divided by the processes last seen); accepted tasks keep
@@ -46,6 +51,7 @@ from yarl import URL
 
 from ._config import REDIS_URL_ENV, Settings, resolve_redis_url
 from ._errors import ClientClosed, CoordinatorUnavailable, ExtraNotInstalled, InvalidRequest
+from ._fleet_mac import FleetMac
 from ._lifecycle import Lifecycle, Offer, Task
 from ._limits import Limiter, SlidingWindowLimiter
 from ._models import TaskRecord
@@ -65,6 +71,8 @@ _INSTALL = "pip install 'seedream-async[redis]'"
 #: for company: a round trip costs this process ~100 us of CPU, whatever it carries.
 LINGER = 0.01
 _BATCH = "seedream-redis-batch"
+#: The kinds of sealed record (``_fleet_mac``): a final record, a token's registration.
+_RESULT, _TOKEN = b"result", b"token"
 
 # KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms,
 # grants wanted. Returns {1, id, id, ...} (at least one grant) or {0, milliseconds to wait}.
@@ -149,10 +157,11 @@ end
 return 1
 """
 
-# ARGV: ttl seconds, the token keys' prefix, then the digests to register, space-separated.
+# ARGV: ttl seconds, the token keys' prefix, then "digest:tag" pairs, space-separated (the
+# tag proves a process of this account registered the token: see _STORE).
 _REGISTER = """
-for h in string.gmatch(ARGV[3], '%S+') do
-  redis.call('SET', ARGV[2] .. h, '1', 'EX', ARGV[1])
+for h, tag in string.gmatch(ARGV[3], '(%x+):(%S+)') do
+  redis.call('SET', ARGV[2] .. h, tag, 'EX', ARGV[1])
 end
 return 1
 """
@@ -175,20 +184,23 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS: channel. ARGV: ttl s, the namespace's key prefix, then three per record: flags and
-# token digest (issued '1' or '0', quiet '1' or '0', then the digest, or nothing), task id,
-# record. The keys are built here, not sent: three arguments per record instead of eight (see
-# _RELEASE). An issued token must exist (it was issued in the namespace). A fresh record is
-# published as "digest|record" unless it is quiet and nobody watches its task or token.
-# Per record: 404 unknown token, 208 already stored, 200 stored.
+# KEYS: channel. ARGV: ttl s, the namespace's key prefix, then three per record: flags, task
+# id, sealed record. Flags: issued '1' or '0', quiet '1' or '0', then the token digest (64
+# characters, or nothing) and, when issued, the tag its registration must hold. The keys are
+# built here, not sent: three arguments per record instead of eight (see _RELEASE). An issued
+# token must have been registered by this account: Lua has no HMAC, so the caller sends the
+# tag it expects and a string comparison (interned strings: no timing to learn) checks it.
+# A fresh record is published as stored unless it is quiet and nobody watches its task or
+# token. Per record: 404 unknown token, 208 already stored, 200 stored.
 _STORE = """
 local ttl, p = ARGV[1], ARGV[2]
 local answers = {}
 for i = 3, #ARGV, 3 do
   local flags, task, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local quiet, h = string.sub(flags, 2, 2) == '1', string.sub(flags, 3)
+  local quiet, h = string.sub(flags, 2, 2) == '1', string.sub(flags, 3, 66)
+  local tag = string.sub(flags, 67)
   local answer = 404
-  if string.sub(flags, 1, 1) ~= '1' or h == '' or redis.call('EXISTS', p .. 'tok:' .. h) == 1 then
+  if string.sub(flags, 1, 1) ~= '1' or h == '' or redis.call('GET', p .. 'tok:' .. h) == tag then
     answer = 208
     local fresh = false
     if h ~= '' and redis.call('SET', p .. 'tokrec:' .. h, record, 'NX', 'EX', ttl) then
@@ -199,7 +211,7 @@ for i = 3, #ARGV, 3 do
       answer = 200
       local heard = not quiet or redis.call('EXISTS', p .. 'watch:task:' .. task) == 1
       if not heard and h ~= '' then heard = redis.call('EXISTS', p .. 'watch:tok:' .. h) == 1 end
-      if heard then redis.call('PUBLISH', KEYS[1], h .. '|' .. record) end
+      if heard then redis.call('PUBLISH', KEYS[1], record) end
     end
   end
   answers[#answers + 1] = answer
@@ -282,6 +294,7 @@ class RedisCoordinator:
         self._redis: Redis | None = None
         self._lifecycle: Lifecycle | None = None
         self._settings = Settings()
+        self._mac: FleetMac | None = None
         self._tokens: dict[str, str] = {}
         self._members = 1
         self._background: set[asyncio.Task[Any]] = set()
@@ -311,12 +324,20 @@ class RedisCoordinator:
             ),
         )
 
+    def use_api_key(self, api_key: str) -> None:
+        """Seal and check every record under a key derived from ``api_key`` and the namespace
+        (the client calls this before ``start``; a started coordinator keeps its key)."""
+        if self._lifecycle is None:
+            self._mac = FleetMac(api_key, self.namespace)
+
     async def start(self, lifecycle: Lifecycle) -> None:
         """Connect lazily and start listening; Redis may be down now (it is retried)."""
         from redis.asyncio import Redis  # noqa: PLC0415 (the optional extra)
 
         if self._lifecycle is not None and self._lifecycle is not lifecycle:
             raise InvalidRequest("coordinator", "this coordinator already serves another client")
+        if self._mac is None:
+            raise InvalidRequest("coordinator", "has no API key to seal records with (use_api_key)")
         self._lifecycle = lifecycle
         # No socket_timeout: redis-py would send every command through asyncio.wait_for, which
         # on Python 3.11 drops a cancel that lands as the write ends (the cancelled work runs
@@ -442,9 +463,19 @@ class RedisCoordinator:
 
     async def _register_batch(self, digests: list[str]) -> None:
         ttl = math.ceil(self._settings.task_deadline + 3600)
-        await self.script(
-            "register", [], [ttl, self.key("tok", ""), " ".join(digests)], patient=True
-        )
+        pairs = " ".join(f"{h}:{self._token_tag(h)}" for h in digests)
+        await self.script("register", [], [ttl, self.key("tok", ""), pairs], patient=True)
+
+    def _token_tag(self, h: str) -> str:
+        """What a token's registration holds: proof that this account registered it."""
+        return self.sealer.tag(_TOKEN, h.encode()).decode("ascii")
+
+    @property
+    def sealer(self) -> FleetMac:
+        """The account's seal for this namespace (``start`` refuses to run without one)."""
+        if self._mac is None:
+            raise ClientClosed("the coordinator is not started")
+        return self._mac
 
     async def deliver(self, token: str, record: TaskRecord) -> Offer:
         """Store a validated callback for a token this process does not hold, and publish it.
@@ -468,9 +499,14 @@ class RedisCoordinator:
     def _store_item(
         self, h: str | None, record: TaskRecord, *, issued: bool, quiet: bool = False
     ) -> tuple[str, str, bytes]:
-        """One record for the store script; ``issued``: its token must exist in Redis."""
-        flags = ("1" if issued else "0") + ("1" if quiet else "0") + (h or "")
-        return flags, record.task_id, dump_json(record_to_wire(record))
+        """One record for the store script, sealed once for both its keys and its broadcast;
+        ``issued``: its token must have been registered by this account."""
+        h = h or ""
+        flags = ("1" if issued else "0") + ("1" if quiet else "0") + h
+        if issued and h:
+            flags += self._token_tag(h)
+        body = h.encode() + b"|" + dump_json(record_to_wire(record))
+        return flags, record.task_id, self.sealer.seal(_RESULT, body)
 
     async def _store_batch(self, records: list[tuple[str, str, bytes]]) -> list[int]:
         args: list[Any] = [math.ceil(self.result_ttl), self.key("")]
@@ -484,6 +520,7 @@ class RedisCoordinator:
     ) -> TaskRecord | None:
         """The final record the namespace holds for this task id or token, if any; from now
         on this process also hears when one is stored (it awaits another's task)."""
+        h: str | None = None
         if task_id is not None:
             keys = [self.key("watch", "task", task_id), self.key("task", task_id)]
         else:
@@ -496,7 +533,8 @@ class RedisCoordinator:
             raw = await self.script("watch", keys, [ttl])
         except CoordinatorUnavailable:
             return None  # polling will tell
-        return _record(raw)
+        opened = self._open(raw, keys[1], h=h, task_id=task_id)
+        return None if opened is None else opened[1]
 
     async def claim_poll(self, task_id: str, seconds: float) -> bool:
         """True unless another process polls ``task_id`` within ``seconds``."""
@@ -548,12 +586,30 @@ class RedisCoordinator:
             delay = min(2 * delay, 2.0)
 
     def _on_message(self, data: object) -> None:
-        h, bar, wire = data.partition(b"|") if isinstance(data, bytes) else (b"", b"", b"")
-        record = _record(wire) if bar and len(h) in (0, 64) else None
-        if record is None:
-            log.warning("ignored a malformed message on %s", self.key("results"))
-            return
-        self._resolve(h.decode("ascii", "replace"), record.task_id, record)
+        opened = self._open(data, self.key("results"))
+        if opened is not None:
+            self._resolve(opened[0], opened[1].task_id, opened[1])
+
+    def _open(
+        self, raw: object, where: str, *, h: str | None = None, task_id: str | None = None
+    ) -> tuple[str, TaskRecord] | None:
+        """A final record from ``where`` (its token digest and itself) if this account sealed
+        it, for this token digest or task id when given; None if absent, or refused."""
+        if raw is None:
+            return None
+        body = self.sealer.open(_RESULT, raw) if isinstance(raw, bytes) else None
+        sealed_h, bar, wire = body.partition(b"|") if body is not None else (b"", b"", b"")
+        record = _record(wire) if bar and len(sealed_h) in (0, 64) else None
+        if (
+            record is None
+            or (h is not None and sealed_h != h.encode())
+            or (task_id is not None and record.task_id != task_id)
+        ):
+            # Only someone else writing to this Redis, or a process with another API key on
+            # this namespace, makes one: the waiter carries on with its callbacks and polls.
+            log.warning("refused a record on %s not sealed by this account (hostile?)", where)
+            return None
+        return sealed_h.decode("ascii"), record
 
     def _resolve(self, h: str, task_id: str, record: TaskRecord) -> None:
         lifecycle = self._lifecycle
@@ -571,23 +627,24 @@ class RedisCoordinator:
         if lifecycle is None:
             return
         live = lifecycle.live()
-        by_token = [(digest(t.token), t) for t in live if t.token is not None]
-        by_id = [t for t in live if t.task_id is not None]
-        keys = [self.key("tokrec", h) for h, _ in by_token] + [
-            self.key("task", t.task_id or "") for t in by_id
+        # (key, token digest or None, task id or None): what each stored record must be for.
+        wanted: list[tuple[str, str | None, str | None]] = [
+            (self.key("tokrec", h), h, None)
+            for h in (digest(t.token) for t in live if t.token is not None)
         ]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        wanted += [(self.key("task", t.task_id), None, t.task_id) for t in live if t.task_id]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            keys = [key for key, _, _ in chunk]
 
-            async def read(redis: Redis, chunk: list[str] = chunk) -> list[Any]:
-                return list(await redis.mget(chunk))
+            async def read(redis: Redis, keys: list[str] = keys) -> list[Any]:
+                return list(await redis.mget(keys))
 
             values = await self.call(read)
-            for key, raw in zip(chunk, values, strict=True):
-                record = _record(raw)
-                if record is not None:
-                    h = key.rsplit(":", 1)[1] if ":tokrec:" in key else ""
-                    self._resolve(h, record.task_id, record)
+            for (key, h, task_id), raw in zip(chunk, values, strict=True):
+                opened = self._open(raw, key, h=h, task_id=task_id)
+                if opened is not None:
+                    self._resolve(opened[0], opened[1].task_id, opened[1])
 
     async def _heartbeat(self) -> None:
         """Say this process is alive; learn how many are (the fallback share of the rate)."""

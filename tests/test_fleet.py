@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,14 +53,19 @@ async def fleet(
     made: list[SeedreamClient] = []
 
     def replica(
-        *, redis_url: str | None = None, ns: str | None = None, hmac: bool = False, **settings: Any
+        *,
+        redis_url: str | None = None,
+        ns: str | None = None,
+        hmac: bool = False,
+        api_key: str = API_KEY,
+        **settings: Any,
     ) -> SeedreamClient:
         receiver = CallbackReceiver(public_url=balancer.url, hmac_key=KEY if hmac else None)
         coordinator = RedisCoordinator(
             redis_url or redis_server.url, namespace=ns or namespace, unavailable_timeout=1.0
         )
         client = SeedreamClient(
-            API_KEY,
+            api_key,
             base_url=sim.url,
             callbacks=receiver,
             coordinator=coordinator,
@@ -580,3 +587,198 @@ async def test_a_round_trip_to_redis_that_is_cancelled_ends_cancelled(
                 if not call.cancelled():
                     ran_on.append(ticks)
         assert ran_on == []
+
+
+# --- what crosses Redis is sealed ---------------------------------------------------------------
+
+EVIL = "https://evil.example/forged.png"
+REFUSED = "not sealed by this account"
+
+
+def forged(task_id: str) -> bytes:
+    """A final record as anyone who can write to Redis would make one."""
+    result = json.dumps({"resultUrls": [EVIL]})
+    data = {"taskId": task_id, "state": "success", "resultJson": result, "creditsConsumed": 0}
+    return json.dumps(data).encode()
+
+
+def digest(token: str | None) -> str:
+    assert token is not None
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@attrs.define
+class Attacker:
+    """Anyone with write access to the fleet's Redis: a plain client, no key of the account."""
+
+    redis: Any
+    namespace: str
+    caplog: pytest.LogCaptureFixture
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    async def stored(self, *parts: str) -> bytes:
+        """The value at a key once a process of the fleet has stored it."""
+        async with asyncio.timeout(5):
+            while (value := await self.redis.get(self.key(*parts))) is None:  # noqa: ASYNC110 (Redis has no event for it)
+                await asyncio.sleep(0.005)
+        return bytes(value)
+
+    def refusals(self) -> int:
+        """Records the fleet refused (logged as hostile)."""
+        return sum(REFUSED in r.getMessage() for r in self.caplog.records)
+
+
+@pytest.fixture
+async def attacker(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Attacker]:
+    from redis.asyncio import Redis  # noqa: PLC0415 (the optional extra)
+
+    caplog.set_level(logging.WARNING, logger="seedream_async")
+    client = Redis.from_url(redis_server.url)
+    yield Attacker(client, namespace, caplog)
+    await client.aclose()
+
+
+async def test_a_forged_broadcast_resolves_nothing(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker
+) -> None:
+    # Anyone who can write to Redis can publish; a task id is no secret, and the digests of
+    # tokens are key names there. Nothing published resolves a task unless sealed.
+    sim.config.latency = (0.5, 0.5)
+    owner = fleet(**NO_POLLS)
+    await up(balancer, owner)
+    coordinator = owner._coordinator
+    assert isinstance(coordinator, RedisCoordinator)
+    await until(coordinator.connected.is_set)
+    handle = await owner.submit(request(0))
+    h = digest(handle.token).encode()
+    record = forged(handle.task_id)
+    messages = [b"|" + record, h + b"|" + record, b"A" * 43 + b"|" + h + b"|" + record]
+    for message in messages:
+        assert await attacker.redis.publish(attacker.key("results"), message) >= 1
+    await until(lambda: handle.done() or attacker.refusals() >= len(messages))
+    assert not handle.done()
+    result = await asyncio.wait_for(handle.result(), 5)  # by its own callback
+    assert result.urls == sim.record(handle.task_id).result_urls
+    assert EVIL not in {str(u) for u in result.urls}
+
+
+@pytest.mark.parametrize("how", ["resume", "reconcile"])
+async def test_a_forged_stored_record_resolves_nothing(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker, how: str
+) -> None:
+    # resume() and reconcile() elsewhere read the stored record first: a forged one is
+    # refused, and the task still ends with the service's own result (the owner's callback,
+    # broadcast to the process watching it, or that process's polls).
+    sim.config.latency = (0.5, 0.5)
+    owner, other = fleet(**NO_POLLS), fleet()
+    await up(balancer, owner)
+    await other.credits()
+    handle = await owner.submit(request(0))
+    assert handle.token is not None
+    token = handle.token
+    key = (
+        attacker.key("task", handle.task_id)
+        if how == "resume"
+        else attacker.key("tokrec", digest(token))
+    )
+    await attacker.redis.set(key, forged(handle.task_id), ex=600)
+
+    async def elsewhere() -> EditResult:
+        if how == "resume":
+            return await other.resume(handle.task_id).result()
+        return await (await other.reconcile(token, request(0))).result()
+
+    seen = await asyncio.wait_for(elsewhere(), 5)
+    assert seen.task_id == handle.task_id
+    assert seen.urls == sim.record(handle.task_id).result_urls
+    assert attacker.refusals() >= 1
+
+
+async def test_a_tampered_genuine_record_is_refused(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker
+) -> None:
+    sim.config.latency = (0.02, 0.05)
+    owner, other = fleet(**NO_POLLS), fleet()
+    await up(balancer, owner)
+    await other.credits()
+    done = await owner.submit(request(0))
+    result = await done.result()
+    genuine = await attacker.stored("task", done.task_id)
+    shown = str(result.urls[0])
+    assert shown.encode() in genuine
+    tampered = genuine.replace(shown.encode(), EVIL.encode())
+    await attacker.redis.set(attacker.key("task", done.task_id), tampered, keepttl=True)
+    polls = sim.stats.polls
+    resumed = await asyncio.wait_for(other.resume(done.task_id).result(), 5)
+    assert resumed.urls == result.urls  # polled: the tampered record was refused
+    assert sim.stats.polls > polls
+    assert attacker.refusals() == 1
+
+
+async def test_a_genuine_record_moved_to_another_token_is_refused(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker
+) -> None:
+    # A record sealed for one task's token, copied under another's: reconcile() of the second
+    # must not end as the first task.
+    sim.config.latency = (0.02, 0.02)
+    owner, other = fleet(**NO_POLLS), fleet(**NO_POLLS)
+    await up(balancer, owner)
+    await other.credits()
+    first = await owner.submit(request(0))
+    await first.result()
+    genuine = await attacker.stored("tokrec", digest(first.token))
+    sim.config.latency = (0.5, 0.5)
+    second = await owner.submit(request(1))
+    assert second.token is not None
+    await attacker.redis.set(attacker.key("tokrec", digest(second.token)), genuine, ex=600)
+    reconciled = await asyncio.wait_for(other.reconcile(second.token, request(1)), 5)
+    assert reconciled.task_id == second.task_id  # woken by the owner's broadcast instead
+    assert (await reconciled.result()).urls == sim.record(second.task_id).result_urls
+    assert attacker.refusals() == 1
+
+
+async def test_a_forged_token_registration_routes_no_callback(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker
+) -> None:
+    # Without an HMAC key a callback is trusted for its token alone; a replica that does not
+    # hold the token asks Redis whether the account issued it. A registration written there
+    # by someone else must not make their callback, for a task they know the id of, land.
+    sim.config.latency = (0.5, 0.5)
+    owner, other = fleet(**NO_POLLS), fleet(**NO_POLLS)
+    await up(balancer, owner)
+    await other.credits()
+    handle = await owner.submit(request(0))
+    invented = "i" * 32
+    await attacker.redis.set(attacker.key("tok", digest(invented)), b"1", ex=600)
+    receiver = other._receiver
+    assert receiver is not None
+    assert receiver.local_url is not None
+    url = receiver.local_url.with_path(receiver.url_for(invented).path)
+    body = {"code": 200, "msg": "ok", "data": json.loads(forged(handle.task_id))}
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        assert resp.status == 404
+    assert not handle.done()
+    result = await asyncio.wait_for(handle.result(), 5)
+    assert result.urls == sim.record(handle.task_id).result_urls
+
+
+async def test_processes_with_another_api_key_accept_none_of_its_records(
+    sim: Simulator, fleet: Fleet, balancer: Balancer, attacker: Attacker
+) -> None:
+    # Another key is another account: its records are sealed under another key, and refused.
+    sim.config.latency = (0.02, 0.05)
+    owner, stranger = fleet(**NO_POLLS), fleet(api_key="another-accounts-key")
+    await up(balancer, owner)
+    await stranger.credits()
+    done = await owner.submit(request(0))
+    result = await done.result()
+    await attacker.stored("task", done.task_id)
+    polls = sim.stats.polls
+    seen = await asyncio.wait_for(stranger.resume(done.task_id).result(), 5)
+    assert seen.urls == result.urls  # from its own poll
+    assert sim.stats.polls > polls
+    assert attacker.refusals() == 1
