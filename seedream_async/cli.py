@@ -45,9 +45,19 @@ from ._errors import (
     TaskTimeout,
 )
 from ._journal import Journal, Stage
-from ._models import AspectRatio, EditRequest, EditResult, LocalImage, Quality, TaskRecord
+from ._models import (
+    MODEL,
+    AspectRatio,
+    EditRequest,
+    EditResult,
+    LocalImage,
+    Quality,
+    TaskRecord,
+)
 from ._receiver import CallbackReceiver
 from ._redis import RedisCoordinator
+from ._report import INSTALL as REPORT_INSTALL
+from ._report import LiveReport, Written, read_results, write_report
 from ._wire import record_to_wire
 from .simulator import (
     COMMAND_LINE_DEFAULTS,
@@ -388,7 +398,10 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     )
     async with open_client(args) as client:
         await client.credits()  # fail fast, with one line, if the service is out of reach
+        report = LiveReport(Path(args.report), total=total) if args.report else None
         with _live_progress(progress, console, quiet=args.quiet), _Results(out) as results:
+            if report is not None:
+                report.start()
             async for item in client.edit_many(
                 inputs(),
                 journal=journal,
@@ -397,8 +410,14 @@ async def cmd_batch(args: argparse.Namespace) -> int:
                 progress=progress,
                 retry_failed=args.retry_failed,
             ):
-                results.write(item_line(item))
+                line = item_line(item)
+                results.write(line)
+                if report is not None:
+                    report.add(line)
+        written = await report.finish() if report is not None else None
     _summary(progress, out, args.download_to, Console())
+    if written is not None:
+        _print_report(written)
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
 
 
@@ -453,19 +472,33 @@ def item_line(item: BatchItem) -> dict[str, Any]:
         line["inputs"] = [
             str(u.path) if isinstance(u, LocalImage) else str(u) for u in item.request.image_urls
         ]
+        line["aspect_ratio"] = item.request.aspect_ratio.value
+        line["quality"] = item.request.quality.value
     if item.result is not None:
         line["task_id"] = item.result.task_id
         line["urls"] = [str(u) for u in item.result.urls]
         line["credits"] = item.result.record.credits_consumed
+        line |= _record_times(item.result.record)
     elif isinstance(item.error, TaskFailed | TaskTimeout):
         line["task_id"] = item.error.task_id
+    if isinstance(item.error, TaskFailed):
+        line["fail_code"], line["fail_msg"] = item.error.fail_code, item.error.fail_msg
     if item.files:
         line["files"] = [str(f) for f in item.files]
     if item.error is not None:
         line["error"] = f"{type(item.error).__name__}: {item.error}"
     if item.from_journal:
         line["from_journal"] = True
+    line["at"] = round(time.time(), 3)  # when it ended here: the report's time line
     return line
+
+
+def _record_times(record: TaskRecord) -> dict[str, Any]:
+    times = {"model": record.model or MODEL}
+    for name, when in (("created", record.create_time), ("completed", record.complete_time)):
+        if when is not None:
+            times[name] = when.isoformat()
+    return times
 
 
 @contextlib.contextmanager
@@ -604,6 +637,31 @@ def record_line(record: TaskRecord) -> dict[str, Any]:
     return line
 
 
+async def cmd_report(args: argparse.Namespace) -> int:
+    """Write the contact sheet of a results file: HTML pages with thumbnails beside them."""
+    written = await asyncio.to_thread(_write_report, Path(args.results), args.out)
+    _print_report(written)
+    return EXIT_OK
+
+
+def _write_report(results: Path, out_arg: str | None) -> Written:
+    try:
+        lines, bad = read_results(results)
+    except OSError as e:
+        raise UsageError(f"cannot read results {results}: {e.strerror or e}") from e
+    out = Path(out_arg or results.with_suffix(".html").name)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory")
+    return write_report(lines, out, bad_lines=bad, bases=[results.parent], title=results.name)
+
+
+def _print_report(written: Written) -> None:
+    pages = len(written.pages)
+    print(f"report: {written.pages[0]}" + (f" ({pages} pages)" if pages > 1 else ""))
+    if not written.pillow:
+        print(f"no thumbnails: they need Pillow ({REPORT_INSTALL})", file=sys.stderr)
+
+
 async def cmd_credits(args: argparse.Namespace) -> int:
     """Print the account's credit balance."""
     async with open_client(args) as client:
@@ -706,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a journal: submit again the inputs whose tasks failed (never unknown ones)",
     )
     batch.add_argument("--download-to", metavar="DIR", help="save result images here")
+    batch.add_argument(
+        "--report", metavar="HTML", help="keep an HTML contact sheet here (rewritten every 5 s)"
+    )
     batch.add_argument("--ordered", action="store_true", help="write results in input order")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(run=cmd_batch)
@@ -731,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         "credits", parents=[service], help="the account's credit balance (a plain number)"
     )
     credit.set_defaults(run=cmd_credits)
+    _add_report_commands(sub)
 
     simulate = sub.add_parser(
         "simulate",
@@ -740,6 +802,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(simulate)
     simulate.set_defaults(run=None, simulate=False, verbose=False)
     return parser
+
+
+def _add_report_commands(sub: Any) -> None:
+    """``report``: a results file as a contact sheet."""
+    report = sub.add_parser(
+        "report", help="an HTML contact sheet of a results file: inputs beside outputs"
+    )
+    report.add_argument("results", help="the results JSONL of a batch")
+    report.add_argument("--out", help="the page (default: RESULTS.html; 500 cards a page)")
+    report.set_defaults(run=cmd_report, simulate=False, verbose=False)
 
 
 def _shape_arguments(parser: argparse.ArgumentParser, scope: str) -> None:

@@ -138,3 +138,11 @@ _namespaces = itertools.count()
 @pytest.fixture
 def namespace() -> str:
     return f"test{next(_namespaces)}"
+
+
+@pytest.fixture(scope="session")
+def chromium_binary() -> str:
+    """Chromium for the report tests, installed (apt-get) when missing: never skipped."""
+    from tests.browser import chromium_binary as find_or_install  # noqa: PLC0415 (only here)
+
+    return find_or_install()

@@ -10,7 +10,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).parent.parent
 #: The extras a user's process imports (testing, docs and dev only serve development).
-EXTRAS = ("cli", "redis", "otel", "speed")
+EXTRAS = ("cli", "redis", "otel", "speed", "report")
 
 
 def test_the_floor_script_tests_the_floors_pyproject_states() -> None:
