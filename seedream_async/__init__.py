@@ -38,6 +38,7 @@ from ._errors import (
     SubmissionUnknown,
     TaskFailed,
     TaskTimeout,
+    UploadChanged,
     UploadError,
     UsageLimitExceeded,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "TaskState",
     "TaskTimeout",
     "TelemetryEvent",
+    "UploadChanged",
     "UploadError",
     "UsageLimitExceeded",
 ]

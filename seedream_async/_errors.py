@@ -30,6 +30,7 @@ of it)::
     ├── CoordinatorUnavailable             the fleet's Redis could not be reached in time
     ├── ExtraNotInstalled (ImportError)    an optional extra is needed (say, redis)
     ├── UploadError                        a local image could not be uploaded
+    │   └── UploadChanged                  the file changed (or became a link) after its check
     └── DownloadError                      a result image could not be fetched, or was refused
 """
 
@@ -227,6 +228,11 @@ class UploadError(SeedreamError):
         self.message = reason
         self.path = path
         self.reason = reason
+
+
+class UploadChanged(UploadError):
+    """The file is not the one checked (its size, content or kind changed, or a link replaced
+    it); nothing more of it is sent."""
 
 
 class DownloadError(SeedreamError):

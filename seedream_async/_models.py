@@ -119,13 +119,16 @@ class LocalImage:
     size: int
     kind: str
     _digest: list[str] = attrs.field(factory=list, eq=False, repr=False, alias="_digest")
+    #: The file ``path`` led to when checked: symbolic links are followed then, never later.
+    _target: Path | None = attrs.field(default=None, eq=False, repr=False, alias="_target")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LocalImage:
         """Check ``path``; ``InvalidRequest`` names it and the rule it breaks."""
         where = Path(path)
+        target = Path(os.path.realpath(where))
         try:
-            info = where.stat()
+            info = target.stat()
         except OSError as e:
             raise InvalidRequest("image_urls", f"{where}: {e.strerror or e}") from None
         if not stat.S_ISREG(info.st_mode):
@@ -135,14 +138,17 @@ class LocalImage:
                 "image_urls", f"{where}: {info.st_size} bytes, over the 10 MB limit of an image"
             )
         try:
-            with where.open("rb") as f:
-                head = f.read(16)
+            fd = open_no_follow(target)
+            try:
+                head = os.read(fd, 16)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise InvalidRequest("image_urls", f"{where}: {e.strerror or e}") from None
         kind = image_kind(head)
         if kind is None:
             raise InvalidRequest("image_urls", f"{where}: not a JPEG, PNG or WebP image")
-        return cls(path=where.absolute(), size=info.st_size, kind=kind)
+        return cls(path=where.absolute(), size=info.st_size, kind=kind, _target=target)
 
     @property
     def suffix(self) -> str:
@@ -157,13 +163,35 @@ class LocalImage:
             buffer = bytearray(1 << 18)  # one buffer, reused: no allocation per chunk
             view = memoryview(buffer)
             try:
-                with self.path.open("rb") as f:
+                with open(open_no_follow(checked_path(self)), "rb", closefd=True) as f:
                     while n := f.readinto(buffer):
                         digest.update(view[:n])
             except OSError as e:
                 raise InvalidRequest("image_urls", f"{self.path}: {e.strerror or e}") from None
-            self._digest.append(digest.hexdigest())
+            pin_sha256(self, digest.hexdigest())
         return self._digest[0]
+
+
+#: Read-only, never through a symbolic link, never waiting for a FIFO's writer.
+_NO_FOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_NO_FOLLOW |= getattr(os, "O_BINARY", 0)
+
+
+def open_no_follow(path: Path) -> int:
+    """A descriptor of ``path`` itself; ``OSError`` (``ELOOP``) if it is a symbolic link."""
+    return os.open(path, _NO_FOLLOW)
+
+
+def checked_path(image: LocalImage) -> Path:
+    """The file ``image`` was checked as (its symbolic links resolved at the check)."""
+    return image._target or image.path
+
+
+def pin_sha256(image: LocalImage, sha256: str) -> str:
+    """``image``'s content hash: the first one known (hashed by the image or its upload)."""
+    if not image._digest:
+        image._digest.append(sha256)
+    return image._digest[0]
 
 
 def image_kind(head: bytes) -> str | None:

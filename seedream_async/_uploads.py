@@ -11,6 +11,11 @@ Local images to URLs: the service's stream-upload API, once per content.
 - **Safe retries.** Timeouts, 5xx and 429 are retried with backoff: the name is the content
   hash, and the service overwrites equal names with equal bytes, so a repeat changes nothing
   and costs nothing (uploads are free).
+- **What was checked is what is sent.** A file is opened once (never through a symbolic
+  link), checked by its descriptor (a regular file of the checked size and kind), hashed and
+  streamed from it; every retry re-reads that descriptor from offset 0, after checking size
+  and hash again, and the last chunk of an attempt goes out only once the bytes sent hash to
+  the checked content. A file that changed raises ``UploadChanged``; nothing of it is stored.
 - **Own limits.** Uploads have their own concurrency bound and rate window, conservative
   because the upload API's limits are not documented.
 """
@@ -18,20 +23,39 @@ Local images to URLs: the service's stream-upload API, once per content.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import hashlib
 import logging
+import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
+import aiohttp.payload
+from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from ._config import Settings
-from ._errors import ApiError, InvalidRequest, RateLimited, ServerError, UploadError
+from ._errors import (
+    ApiError,
+    InvalidRequest,
+    RateLimited,
+    ServerError,
+    UploadChanged,
+    UploadError,
+)
 from ._limits import SlidingWindowLimiter
-from ._models import MAX_IMAGE_BYTES, EditRequest, LocalImage, image_kind
+from ._models import (
+    MAX_IMAGE_BYTES,
+    EditRequest,
+    LocalImage,
+    checked_path,
+    image_kind,
+    open_no_follow,
+    pin_sha256,
+)
 from ._transport import backoff_delay
 from ._wire import MalformedPayload, parse_upload, read_envelope
 
@@ -39,6 +63,7 @@ log = logging.getLogger("seedream_async")
 
 STREAM_PATH = "file-stream-upload"
 _CHUNK = 64 * 1024
+_HASH_CHUNK = 256 * 1024
 _SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 
 #: Told of each upload made: content hash, URL, wall-clock time (a journal keeps them).
@@ -94,8 +119,9 @@ class Uploader:
     async def upload_image(self, image: LocalImage, file_name: str | None = None) -> URL:
         """The URL of ``image``'s content, uploaded once (shared by concurrent callers)."""
         async with self._hashing:  # bounded like uploads: memory stays flat for any count
-            sha256 = await asyncio.to_thread(lambda: image.sha256)  # hashing 10 MB takes ms
-        return await self._once(sha256, lambda: self._send_file(image, sha256, file_name))
+            file = await _open_checked(image)  # hashing 10 MB takes ms
+        name = file_name or file.sha256[:32] + image.suffix
+        return await self._once(file.sha256, lambda: self._send(file, name), file)
 
     async def upload_bytes(self, data: bytes, file_name: str | None = None) -> URL:
         """The URL of ``data`` (an image in memory), uploaded once."""
@@ -106,17 +132,27 @@ class Uploader:
             raise InvalidRequest("file", f"{len(data)} bytes, over the 10 MB limit of an image")
         sha256 = hashlib.sha256(data).hexdigest()
         name = file_name or sha256[:32] + _SUFFIX[kind]
-        return await self._once(sha256, lambda: self._send(data, name, None))
+        return await self._once(sha256, lambda: self._send(data, name))
 
-    async def _once(self, sha256: str, send: Callable[[], Any]) -> URL:
+    async def _once(
+        self, sha256: str, send: Callable[[], Any], file: CheckedFile | None = None
+    ) -> URL:
+        """Reuse or join the upload of ``sha256``, else start it; ``file`` is closed once it
+        is not needed (at once, or when the upload it feeds ends)."""
         fresh = self._done.get(sha256)
         if fresh is not None and time.time() - fresh[1] < self._settings.upload_reuse_for:
+            if file is not None:
+                file.close()
             return fresh[0]
         pending = self._pending.get(sha256)
         if pending is None:
             pending = asyncio.ensure_future(self._upload(sha256, send))
             self._pending[sha256] = pending
             pending.add_done_callback(lambda _: self._pending.pop(sha256, None))
+            if file is not None:
+                pending.add_done_callback(lambda _: file.close())
+        elif file is not None:
+            file.close()
         return await asyncio.shield(pending)
 
     async def _upload(self, sha256: str, send: Callable[[], Any]) -> URL:
@@ -128,22 +164,15 @@ class Uploader:
             listener(sha256, url, when)
         return url
 
-    async def _send_file(self, image: LocalImage, sha256: str, file_name: str | None) -> URL:
-        try:
-            now = LocalImage.open(image.path)
-        except InvalidRequest as e:
-            raise UploadError(image.path, e.message) from None
-        if (now.size, now.kind) != (image.size, image.kind):
-            raise UploadError(image.path, "the file changed since it was checked")
-        return await self._send(None, file_name or sha256[:32] + image.suffix, image)
-
-    async def _send(self, data: bytes | None, name: str, image: LocalImage | None) -> URL:
-        where = image.path if image is not None else None
+    async def _send(self, body: bytes | CheckedFile, name: str) -> URL:
+        where = body.image.path if isinstance(body, CheckedFile) else None
         attempts = self._settings.query_attempts
         for attempt in range(attempts):
             try:
+                if attempt and isinstance(body, CheckedFile):
+                    await asyncio.to_thread(body.check_unchanged)
                 async with self._slots:
-                    return await self._send_once(data, name, image)
+                    return await self._send_once(body, name)
             except (RateLimited, ServerError) as e:
                 status = e.http_status or 0
                 if attempt + 1 == attempts or (400 <= status < 500 and status != 429):
@@ -156,26 +185,163 @@ class Uploader:
             await asyncio.sleep(backoff_delay(self._settings, attempt))
         raise AssertionError("unreachable: the last attempt raises or returns")
 
-    async def _send_once(self, data: bytes | None, name: str, image: LocalImage | None) -> URL:
+    async def _send_once(self, body: bytes | CheckedFile, name: str) -> URL:
         form = aiohttp.FormData()
         form.add_field("uploadPath", self._settings.upload_folder)
         form.add_field("fileName", name)
-        with contextlib.ExitStack() as files:
-            # A file object is streamed by aiohttp in chunks, never read whole.
-            body: Any = files.enter_context(image.path.open("rb")) if image else data
-            form.add_field("file", body, filename=name, content_type="application/octet-stream")
-            await self._limiter.acquire()
-            sent = False
-            try:
-                async with self._session.post(
-                    self._url, data=form, headers=self._headers, timeout=self._timeout
-                ) as resp:
-                    sent = True
-                    raw = await resp.content.read(1 << 20)
-                    status = resp.status
-            finally:
-                self._limiter.release(sent=sent)
+        part = _CheckedPayload(body) if isinstance(body, CheckedFile) else body
+        form.add_field("file", part, filename=name, content_type="application/octet-stream")
+        await self._limiter.acquire()
+        sent = False
+        try:
+            async with self._session.post(
+                self._url, data=form, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                sent = True
+                raw = await resp.content.read(1 << 20)
+                status = resp.status
+        except aiohttp.ClientError:
+            if isinstance(part, _CheckedPayload) and part.changed is not None:
+                raise part.changed from None
+            raise
+        finally:
+            self._limiter.release(sent=sent)
         try:
             return parse_upload(read_envelope(status, raw, endpoint="upload"))
         except MalformedPayload as e:
             raise ServerError(str(e), code=None, http_status=status, endpoint="upload") from e
+
+
+class CheckedFile:
+    """One local image, opened once: checked, hashed and re-read through that descriptor only."""
+
+    __slots__ = ("_fd", "image", "sha256")
+
+    def __init__(self, fd: int, image: LocalImage) -> None:
+        self._fd: int | None = fd
+        self.image = image
+        self.sha256 = ""
+
+    @classmethod
+    def open(cls, image: LocalImage) -> CheckedFile:
+        """Open and check ``image`` (blocking: call it in a thread)."""
+        try:
+            fd = open_no_follow(checked_path(image))
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UploadChanged(image.path, "it is a symbolic link now") from None
+            raise UploadError(image.path, e.strerror or str(e)) from None
+        file = cls(fd, image)
+        try:
+            file.sha256 = file.hash_checked()
+        except BaseException:
+            file.close()
+            raise
+        if pin_sha256(image, file.sha256) != file.sha256:  # hashed by path earlier (a journal)
+            file.close()
+            raise UploadChanged(image.path, "its content changed since it was checked")
+        return file
+
+    def hash_checked(self) -> str:
+        """The SHA-256 of the descriptor's content, if it is still what was checked."""
+        info = os.fstat(self.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UploadChanged(self.image.path, "it is no longer a regular file")
+        if info.st_size != self.image.size:
+            raise UploadChanged(
+                self.image.path,
+                f"its size changed from {self.image.size} to {info.st_size} bytes since it "
+                "was checked",
+            )
+        digest = hashlib.sha256()
+        head = b""
+        for chunk in self.chunks(_HASH_CHUNK):
+            head = head or chunk[:16]
+            digest.update(chunk)
+        if image_kind(head) != self.image.kind:
+            raise UploadChanged(self.image.path, "it is no longer the image kind checked")
+        return digest.hexdigest()
+
+    def check_unchanged(self) -> None:
+        """Raise ``UploadChanged`` unless the size and hash are still the checked ones."""
+        if self.hash_checked() != self.sha256:
+            raise UploadChanged(self.image.path, "its content changed since it was checked")
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The checked size's bytes from offset 0; ``UploadChanged`` if the file is shorter."""
+        offset, end = 0, self.image.size
+        while offset < end:
+            chunk = _read_at(self.fileno(), min(size, end - offset), offset)
+            if not chunk:
+                raise UploadChanged(self.image.path, "it was cut short since it was checked")
+            offset += len(chunk)
+            yield chunk
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise UploadError(self.image.path, "its upload has ended")
+        return self._fd
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+async def _open_checked(image: LocalImage) -> CheckedFile:
+    """``CheckedFile.open`` in a thread; a caller cancelled meanwhile leaks no descriptor."""
+    opening = asyncio.ensure_future(asyncio.to_thread(CheckedFile.open, image))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[CheckedFile]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: attempts on one file never overlap
+    return os.read(fd, size)
+
+
+class _CheckedPayload(aiohttp.payload.Payload):
+    """A checked file as a request body part, from offset 0 of its descriptor: the last
+    chunk is held back until the bytes sent hash to the checked content, so a file changed
+    mid-send leaves the service a broken request, never a stored file."""
+
+    def __init__(self, file: CheckedFile) -> None:
+        super().__init__(file, content_type="application/octet-stream")
+        self._size = file.image.size
+        self._file = file
+        #: Why the body was cut off, if the file changed while it was sent.
+        self.changed: UploadChanged | None = None
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        digest = hashlib.sha256()
+        held = b""
+        chunks = self._file.chunks(_CHUNK)
+        try:
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                if held:
+                    await writer.write(held)
+                digest.update(chunk)
+                held = chunk
+        except UploadChanged as e:
+            self.changed = e
+            raise
+        if digest.hexdigest() != self._file.sha256:
+            self.changed = UploadChanged(
+                self._file.image.path, "its content changed while it was sent"
+            )
+            raise self.changed
+        await writer.write(held)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._file.chunks(_HASH_CHUNK)).decode(encoding, errors)

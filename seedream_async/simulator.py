@@ -118,6 +118,10 @@ class SimulatorConfig:
     upload_ttl: float | None = None
     #: Largest upload accepted, in bytes (an edit input's limit).
     upload_max_bytes: int = 10 * 1024 * 1024
+    #: Asked with the number of each upload request (1, 2, ...) once its body is read: True
+    #: answers it an HTML 503, as an overloaded proxy would, so the client retries (a test
+    #: may change the file here, between two attempts).
+    upload_fault: Callable[[int], bool] | None = None
     #: Seconds after a task ends that the simulator forgets it (None: never), and with it
     #: its per-request and per-callback counts: long runs stay bounded in memory.
     task_ttl: float | None = None
@@ -142,6 +146,9 @@ class SimulatorStats:
     #: Files uploaded (stream and base64), and their bytes.
     uploads: int = 0
     upload_bytes: int = 0
+    #: Upload requests received, stored or not, and the file bytes they carried.
+    upload_requests: int = 0
+    upload_bytes_received: int = 0
     #: Tasks made per callback URL: more than one for a URL means a task was paid twice.
     tasks_per_callback: Counter[str] = attrs.field(factory=Counter)
     #: Tasks made per request fingerprint.
@@ -516,6 +523,7 @@ class Simulator:
     async def _stream_upload(self, request: web.Request) -> web.Response:
         if (gated := self._gate(request)) is not None:
             return gated
+        self.stats.upload_requests += 1
         fields: dict[str, str] = {}
         data = b""
         try:
@@ -523,7 +531,7 @@ class Simulator:
                 if not isinstance(part, BodyPartReader):
                     continue
                 if part.name == "file":
-                    data = await part.read()
+                    data = await self._read_file_part(part)
                     if len(data) > self.config.upload_max_bytes:
                         return _answer(400, "file too large")
                     fields.setdefault("fileName", part.filename or "")
@@ -531,6 +539,8 @@ class Simulator:
                     fields[part.name] = (await part.read()).decode("utf-8", "replace")
         except (ValueError, AssertionError) as e:
             return _answer(400, f"bad multipart body: {e}")
+        if (faulty := self._upload_fault()) is not None:
+            return faulty
         return self._store_upload(
             request, data, fields.get("uploadPath", ""), fields.get("fileName")
         )
@@ -538,17 +548,37 @@ class Simulator:
     async def _base64_upload(self, request: web.Request) -> web.Response:
         if (gated := self._gate(request)) is not None:
             return gated
+        self.stats.upload_requests += 1
         try:
             body = await request.json()
             encoded = str(body["base64Data"]).split(",", 1)[-1]
             data = base64.b64decode(encoded, validate=True)
         except (ValueError, KeyError, TypeError) as e:
             return _answer(400, f"bad base64 upload: {e}")
+        self.stats.upload_bytes_received += len(data)
         if len(data) > self.config.upload_max_bytes:
             return _answer(400, "file too large")
+        if (faulty := self._upload_fault()) is not None:
+            return faulty
         return self._store_upload(
             request, data, str(body.get("uploadPath", "")), body.get("fileName")
         )
+
+    async def _read_file_part(self, part: BodyPartReader) -> bytes:
+        """The part's bytes, read no further than one byte past the upload limit."""
+        chunks, size = [], 0
+        while size <= self.config.upload_max_bytes and (chunk := await part.read_chunk()):
+            chunks.append(chunk)
+            size += len(chunk)
+            self.stats.upload_bytes_received += len(chunk)
+        return b"".join(chunks)
+
+    def _upload_fault(self) -> web.Response | None:
+        fault = self.config.upload_fault
+        if fault is None or not fault(self.stats.upload_requests):
+            return None
+        page = _HTML_502.replace(b"502 Bad Gateway", b"503 Service Unavailable")
+        return web.Response(status=503, body=page, content_type="text/html")
 
     def _store_upload(
         self, request: web.Request, data: bytes, folder: str, name: object

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from yarl import URL
 
-from seedream_async import EditRequest, InvalidRequest, LocalImage, UploadError
+from seedream_async import EditRequest, InvalidRequest, LocalImage, UploadChanged, UploadError
 from seedream_async.simulator import Simulator
 from tests.conftest import ClientFactory
 from tests.test_cli import run
@@ -189,3 +193,111 @@ def test_the_cli_refuses_a_missing_file_in_a_manifest(
     manifest.write_text(json.dumps({"prompt": "p", "image_urls": ["nope.png"]}) + "\n")
     assert run("batch", str(manifest), "--simulate", "-q", "--out", str(tmp_path / "r")) == 2
     assert ":1: image_urls:" in capsys.readouterr().err
+
+
+def _fail_first_upload(change: Callable[[], object]) -> Callable[[int], bool]:
+    """A simulator fault: the first upload attempt fails, and ``change`` runs before its retry."""
+
+    def fault(attempt: int) -> bool:
+        if attempt == 1:
+            change()
+        return attempt == 1
+
+    return fault
+
+
+def _open_on(path: Path) -> list[str]:
+    """This process's descriptors open on ``path`` (Linux's /proc; empty elsewhere)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return []
+    found = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                found.append(fd.name)
+    return found
+
+
+async def test_a_symlink_swapped_in_between_attempts_uploads_the_checked_bytes(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The retry re-reads what the first attempt opened: never the file the link points to."""
+    file = image(tmp_path / "a.png")
+    checked = file.read_bytes()
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
+
+    def swap() -> None:
+        file.unlink()
+        file.symlink_to(secret)
+
+    sim.config.upload_fault = _fail_first_upload(swap)
+    url = await make_client().upload(file)
+    assert sim.stats.upload_requests == 2
+    assert sim.uploaded[url.path.removeprefix("/uploads/")][0] == checked
+    assert all(secret.read_bytes() not in data for data, _ in sim.uploaded.values())
+    assert url.name.startswith(hashlib.sha256(checked).hexdigest()[:32])
+    assert _open_on(tmp_path / "a.png") == []
+
+
+async def test_a_file_grown_sparse_to_200_mb_between_attempts_is_refused_unsent(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    file = image(tmp_path / "a.png")
+    sim.config.upload_fault = _fail_first_upload(lambda: os.truncate(file, 200 * 1024 * 1024))
+    with pytest.raises(UploadChanged, match="size") as refused:
+        await make_client().upload(file)
+    assert refused.value.path == file.absolute()
+    assert sim.stats.upload_requests == 1  # the retry sent nothing at all
+    assert sim.stats.upload_bytes_received == 4096
+    assert sim.stats.uploads == 0
+    assert _open_on(file) == []
+
+
+async def test_a_file_rewritten_in_place_between_attempts_is_refused(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Same size, same kind, other content: the retry would have stored it under the old hash."""
+    file = image(tmp_path / "a.png")
+
+    def rewrite() -> None:
+        with file.open("r+b") as f:
+            f.seek(1000)
+            f.write(b"\x00" * 100)
+
+    sim.config.upload_fault = _fail_first_upload(rewrite)
+    with pytest.raises(UploadChanged, match="content"):
+        await make_client().upload(file)
+    assert sim.stats.upload_requests == 1
+    assert sim.stats.uploads == 0
+    assert _open_on(file) == []
+
+
+async def test_a_symlink_swapped_in_after_the_check_is_refused(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Checked as a file, a link by the time it is uploaded: nothing is sent."""
+    file = image(tmp_path / "a.png")
+    request = edit(0, file)
+    other = image(tmp_path / "other.png", seed=3)
+    file.unlink()
+    file.symlink_to(other)
+    with pytest.raises(UploadError, match="symbolic link"):
+        await make_client().edit(request)
+    assert sim.stats.upload_requests == 0
+    assert sim.stats.create_requests == 0
+
+
+async def test_a_path_given_as_a_symlink_is_followed_once_when_checked(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    real = image(tmp_path / "photos" / "a.png")
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    result = await make_client().edit(edit(0, link))
+    assert result.request is not None
+    assert result.request.local_images[0].path == link.absolute()  # the path as given
+    assert sim.stats.uploads == 1
+    ((data, _),) = sim.uploaded.values()
+    assert data == real.read_bytes()
