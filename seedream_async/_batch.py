@@ -17,6 +17,7 @@ with nothing sent). This module sits below the client and drives its ``Tracker``
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._journal import Entry, Journal, Stage
 from ._lifecycle import Task
-from ._models import EditRequest, EditResult
+from ._models import EditRequest, EditResult, LocalImage
 from ._tracker import Tracker, outcome
 from ._uploads import Uploader
 
@@ -141,6 +142,47 @@ class BatchProgress:
             self.credits += paid
 
 
+#: What a file name may hold of an input's own name (the rest becomes ``_``).
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class _ImageNames:
+    """
+    The file stem of each input's result images, claimed in input order: a local file's
+    own stem (``img0.png``: ``img0_0.png``), else the index (``000003_0.png``).
+
+    A stem already claimed in the run (``a/img.png`` and ``b/img.png``, or ``IMG.png`` on
+    a case-blind disk) gets the index too, so no result overwrites another and a rerun of
+    the same inputs names every file the same way, whichever task ends first.
+    """
+
+    __slots__ = ("_claimed", "_stems")
+
+    def __init__(self) -> None:
+        self._claimed: set[str] = set()
+        self._stems: dict[int, str] = {}
+
+    def claim(self, index: int, request: object) -> None:
+        """Name the images of input ``index`` (call in input order)."""
+        first = request.image_urls[0] if isinstance(request, EditRequest) else None
+        if not isinstance(first, LocalImage):
+            return
+        stem = _UNSAFE.sub("_", first.path.stem)[:80]
+        stem = stem if stem[:1].isalnum() else f"img{stem}"
+        while stem.lower() in self._claimed:  # again if a file is named ``img-000004``
+            stem = f"{stem}-{index:06d}"
+        self._claimed.add(stem.lower())
+        self._stems[index] = stem
+
+    def stem(self, index: int) -> str:
+        """The stem claimed for input ``index``."""
+        return self._stems.get(index) or f"{index:06d}"
+
+    def forget(self, index: int) -> None:
+        """Input ``index`` has its outcome (its stem stays claimed)."""
+        self._stems.pop(index, None)
+
+
 class _Slot:
     """
     One input in progress; ``sent`` once its createTask may have gone out.
@@ -208,6 +250,7 @@ class BatchRunner:
         #: Outcomes already known (from the journal), handed out before waiting on any task.
         self._ready: deque[BatchItem] = deque()
         self._adopted = 0
+        self._names = _ImageNames()
 
     async def run(
         self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
@@ -239,6 +282,8 @@ class BatchRunner:
                         exhausted = checked = True
                         continue
                     self.progress.pulled += 1
+                    if self._download_to is not None:
+                        self._names.claim(index, request)
                     # Beyond ``last`` the journal holds only what this run writes: no lookup.
                     entry = None if last is None or index > last else self._entry(index, request)
                     if entry is None and last is not None and index <= last:
@@ -303,6 +348,7 @@ class BatchRunner:
         # A task's result: a journal or disk failure there is fatal for the batch.
         item = self._ready.popleft() if self._ready else (await self._done.get()).result()
         del self._running[item.index]
+        self._names.forget(item.index)
         self.progress.count(item)
         return item
 
@@ -408,7 +454,7 @@ class BatchRunner:
         assert self._tracker.downloader is not None
         try:
             files = await self._tracker.downloader.fetch_all(
-                result.urls, self._download_to, f"{index:06d}", owner=result.task_id
+                result.urls, self._download_to, self._names.stem(index), owner=result.task_id
             )
         except DownloadError as e:
             return BatchItem(index=index, request=request, result=result, error=e)

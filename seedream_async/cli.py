@@ -380,7 +380,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     source, total, inputs = _inputs(args)
     if not args.simulate:
         resolve_api_key(None)  # a missing key: exit 2 now, not after the journal exists
-    out = Path(args.out or Path(source).with_suffix(".results.jsonl").name)
+    out = Path(args.out or _default_out(source, images=args.images is not None))
     check_output(out, args.download_to)
     journal = args.journal
     if journal is None and not args.simulate:
@@ -419,6 +419,18 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     if written is not None:
         _print_report(written)
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
+
+
+def _default_out(source: str, *, images: bool) -> str:
+    """``MANIFEST.results.jsonl``, or for ``--images`` the folder's (or the glob's) name."""
+    if not images:
+        return Path(source).with_suffix(".results.jsonl").name
+    folder = Path(source)
+    if not folder.is_dir():  # a glob: its directories up to the first wildcard
+        parts = list(folder.parts[:-1])
+        wild = next((n for n, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+        folder = Path(*parts[:wild]) if wild else Path()
+    return f"{folder.resolve().name or 'images'}.results.jsonl"
 
 
 def _inputs(args: argparse.Namespace) -> tuple[str, int, Callable[[], Iterator[EditRequest]]]:
@@ -752,11 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--images",
         metavar="DIR_OR_GLOB",
-        help="instead of a manifest: edit every JPEG/PNG/WebP in a folder (or a glob)",
+        help="instead of a manifest: edit every JPEG/PNG/WebP in a folder (or a glob); results"
+        " go to DIR.results.jsonl here (the folder's, or the glob's folder's, name) unless --out",
     )
     batch.add_argument("--prompt", help="with --images: the edit to make to every image")
     _shape_arguments(batch, "with --images: ")
-    batch.add_argument("--out", help="results JSONL (default: MANIFEST.results.jsonl)")
+    batch.add_argument(
+        "--out", help="results JSONL (default: MANIFEST.results.jsonl, or DIR.results.jsonl)"
+    )
     batch.add_argument("--journal", help="SQLite journal that makes reruns resume")
     batch.add_argument(
         "--retry-failed",
