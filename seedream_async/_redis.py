@@ -24,11 +24,12 @@ What is shared, and how:
 - **Results survive processes.** Final records stay ``result_ttl`` (24 h, the result URLs'
   lifetime), by task id and by token: ``resume``/``reconcile`` anywhere resolve from them at
   once. A poll claim (``SET NX``) makes one poll serve every process awaiting a task.
-- **Nothing in Redis is believed unsealed.** Final records (stored and published) and token
-  registrations carry an HMAC-SHA256 tag under a key derived from the API key and the
-  namespace (``_fleet_mac``), made once per record; one that fails is logged as hostile and
-  ignored, and its task keeps its own callbacks and polls. What is not sealed (windows,
-  pauses, claims, members) can only delay.
+- **Nothing in Redis is believed unsealed.** Final records (stored and published), token
+  registrations and poll claims carry an HMAC-SHA256 tag under a key derived from the API key
+  and the namespace (``_fleet_mac``), made once per record; one that fails is logged as
+  hostile and ignored, and its task keeps its own callbacks and polls. What is not sealed
+  (windows, pauses, in-flight slots, members) lives in Lua, which has no HMAC, and can only
+  delay.
 - **Faults.** Redis down: createTask waits up to ``unavailable_timeout`` and then raises
   ``CoordinatorUnavailable`` (never sends unaccounted); polls fall back to this process's share
   of the recordInfo rate (the rate divided by the processes last seen); accepted tasks keep
@@ -43,6 +44,7 @@ import hashlib
 import logging
 import math
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -71,8 +73,12 @@ _INSTALL = "pip install 'seedream-async[redis]'"
 #: for company: a round trip costs this process ~100 us of CPU, whatever it carries.
 LINGER = 0.01
 _BATCH = "seedream-redis-batch"
-#: The kinds of sealed record (``_fleet_mac``): a final record, a token's registration.
-_RESULT, _TOKEN = b"result", b"token"
+#: The kinds of sealed record (``_fleet_mac``): a final record, a token's registration, a
+#: poll claim.
+_RESULT, _TOKEN, _POLL = b"result", b"token", b"poll"
+#: Milliseconds a poll claim is believed past its own end, by the wall clock of its maker (a
+#: genuine one copied back later counts no longer): skew beyond this costs a poll, no more.
+_CLAIM_SKEW_MS = 5000
 
 # KEYS: window, queue, lease, pause, seq. ARGV: waiter, rate, period ms, lease ms, hold ms,
 # grants wanted. Returns {1, id, id, ...} (at least one grant) or {0, milliseconds to wait}.
@@ -227,6 +233,14 @@ return redis.call('GET', KEYS[2])
 """
 
 
+# KEYS: poll claim. ARGV: this process's claim, milliseconds. Returns 1 if claimed; else the
+# claim held ('' if it just ran out) and its milliseconds to live.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return {redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1])}
+"""
+
+
 def digest(token: str) -> str:
     """What Redis knows of a token: its SHA-256, never the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -358,6 +372,7 @@ class RedisCoordinator:
             "hold": _HOLD,
             "unhold": _UNHOLD,
             "watch": _WATCH,
+            "claim": _CLAIM,
         }
         for name, source in scripts.items():
             self._scripts[name] = self._redis.register_script(source)
@@ -537,15 +552,31 @@ class RedisCoordinator:
         return None if opened is None else opened[1]
 
     async def claim_poll(self, task_id: str, seconds: float) -> bool:
-        """True unless another process polls ``task_id`` within ``seconds``."""
+        """True unless another process of this account polls ``task_id`` within ``seconds``."""
         ms = max(1, math.ceil(seconds * 1000))
+        made = math.floor(time.time() * 1000)
+        claim = self.sealer.seal(_POLL, f"{task_id}|{self.instance}|{made}|{ms}".encode())
+        key = self.key("poll", task_id)
         try:
-            claimed = await self.call(
-                lambda r: r.set(self.key("poll", task_id), self.instance, nx=True, px=ms)
-            )
+            answer = await self.script("claim", [key], [claim, ms])
         except CoordinatorUnavailable:
             return True  # alone for now: poll, within this process's share of the rate
-        return bool(claimed)
+        return answer == 1 or not self._held(key, task_id, answer[0], int(answer[1]))
+
+    def _held(self, key: str, task_id: str, claim: bytes, ttl_ms: int) -> bool:
+        """True if ``claim`` is a current claim of ``task_id`` by a process of this account."""
+        if not claim:
+            return False  # it ran out just now: poll
+        body = self.sealer.open(_POLL, claim)
+        task, _, made, ms = body.decode().rsplit("|", 3) if body else ("", "", "", "")
+        if task != task_id:
+            log.warning("refused a poll claim on %s not sealed by this account (hostile?)", key)
+            return False
+        age = math.floor(time.time() * 1000) - int(made)
+        if ttl_ms < 0 or ttl_ms > int(ms) or age > int(ms) + _CLAIM_SKEW_MS:
+            log.info("a stale poll claim on %s (a clock off, or copied back): polling", key)
+            return False
+        return True
 
     @property
     def members(self) -> int:

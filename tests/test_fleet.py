@@ -782,3 +782,29 @@ async def test_processes_with_another_api_key_accept_none_of_its_records(
     assert seen.urls == result.urls  # from its own poll
     assert sim.stats.polls > polls
     assert attacker.refusals() == 1
+
+
+async def test_a_forged_poll_claim_stops_no_poll(
+    sim: Simulator, redis_server: RedisServer, attacker: Attacker
+) -> None:
+    # One poll serves the fleet: a process skips its poll while another claims it. A claim
+    # planted in Redis (never expiring), or a genuine one moved from another task, would stop
+    # every poll of the task for good; a task whose callback is lost then waited its deadline.
+    sim.config.latency = (0.3, 0.3)
+    settings = attrs.evolve(
+        FAST, poll_schedule=attrs.evolve(FAST.poll_schedule, steps=((float("inf"), 0.1),))
+    )
+    coordinator = RedisCoordinator(redis_server.url, namespace=attacker.namespace)
+    async with SeedreamClient(
+        API_KEY, base_url=sim.url, settings=settings, coordinator=coordinator
+    ) as client:
+        planted, moved = [await client.create_task(request(n)) for n in range(2)]
+        assert await coordinator.claim_poll("another-task", 600.0)
+        genuine = await attacker.stored("poll", "another-task")
+        await attacker.redis.set(attacker.key("poll", planted), b"another-process")
+        await attacker.redis.set(attacker.key("poll", moved), genuine)
+        handles = [client.resume(planted), client.resume(moved)]
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 10)
+    for result in results:
+        assert result.urls == sim.record(result.task_id).result_urls
+    assert attacker.refusals() >= 2
