@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+import aiohttp
 import attrs
 
 from . import __version__
@@ -32,6 +33,7 @@ from ._allocator import warm_allocator
 from ._batch import BatchItem, BatchProgress
 from ._client import SeedreamClient
 from ._config import API_KEY_ENV, REDIS_URL_ENV, Settings, resolve_api_key, resolve_redis_url
+from ._downloads import Downloader
 from ._errors import (
     ApiError,
     CoordinatorUnavailable,
@@ -56,6 +58,7 @@ from ._models import (
 )
 from ._receiver import CallbackReceiver
 from ._redis import RedisCoordinator
+from ._refetch import Fetched, Outcome, fetch_missing, rewrite_results, updated_line
 from ._report import INSTALL as REPORT_INSTALL
 from ._report import LiveReport, Written, read_results, write_report
 from ._wire import record_to_wire
@@ -674,6 +677,49 @@ def _print_report(written: Written) -> None:
         print(f"no thumbnails: they need Pillow ({REPORT_INSTALL})", file=sys.stderr)
 
 
+async def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch the result images of an earlier run that are not on disk; report each input."""
+    results, lines = _read_for_download(Path(args.results), args.to)
+    settings = Settings()
+    async with aiohttp.ClientSession(headers={"User-Agent": settings.user_agent}) as session:
+        downloader = Downloader.for_settings(session, settings)
+        try:
+            fetched = await fetch_missing(
+                lines, Path(args.to), downloader, base=results.parent, now=time.time()
+            )
+        finally:
+            await downloader.aclose()
+    await asyncio.to_thread(
+        rewrite_results, results, [updated_line(x, f) for x, f in zip(lines, fetched, strict=True)]
+    )
+    return _print_fetched(fetched, args.to)
+
+
+def _read_for_download(results: Path, to: str) -> tuple[Path, list[dict[str, Any]]]:
+    if Path(to).exists() and not Path(to).is_dir():
+        raise UsageError(f"--to {to} exists and is not a directory")
+    try:
+        lines, bad = read_results(results)
+    except OSError as e:
+        raise UsageError(f"cannot read results {results}: {e.strerror or e}") from e
+    if bad:  # rewriting the file with its files would drop them
+        raise UsageError(f"{results}: {bad} line(s) are not JSON objects; fix them first")
+    return results, lines
+
+
+def _print_fetched(fetched: Sequence[Fetched], to: str) -> int:
+    counts = dict.fromkeys(
+        (Outcome.DOWNLOADED, Outcome.PRESENT, Outcome.EXPIRED, Outcome.FAILED, Outcome.NO_RESULT), 0
+    )
+    for item in fetched:
+        counts[item.outcome] += 1
+        if item.outcome in (Outcome.EXPIRED, Outcome.FAILED):
+            age = f", {item.age / 3600:.0f} h old" if item.age is not None else ""
+            print(f"input {item.index}: {item.outcome}{age}: {item.reason}", file=sys.stderr)
+    print(", ".join(f"{name} {n}" for name, n in counts.items()) + f" (into {to})")
+    return EXIT_FAILURES if counts[Outcome.EXPIRED] or counts[Outcome.FAILED] else EXIT_OK
+
+
 async def cmd_credits(args: argparse.Namespace) -> int:
     """Print the account's credit balance."""
     async with open_client(args) as client:
@@ -820,13 +866,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_report_commands(sub: Any) -> None:
-    """``report``: a results file as a contact sheet."""
+    """``report`` (a results file as a contact sheet) and ``download`` (its images, late)."""
     report = sub.add_parser(
         "report", help="an HTML contact sheet of a results file: inputs beside outputs"
     )
     report.add_argument("results", help="the results JSONL of a batch")
     report.add_argument("--out", help="the page (default: RESULTS.html; 500 cards a page)")
     report.set_defaults(run=cmd_report, simulate=False, verbose=False)
+    download = sub.add_parser(
+        "download", help="fetch the result images of an earlier run that are not on disk"
+    )
+    download.add_argument("results", help="the results JSONL of a batch (its files are updated)")
+    download.add_argument("--to", required=True, metavar="DIR", help="save the images here")
+    download.set_defaults(run=cmd_download, simulate=False, verbose=False)
 
 
 def _shape_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
