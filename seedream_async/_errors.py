@@ -134,7 +134,7 @@ class ServiceUnreachable(ServerError, ConnectionError):
     """No connection could be opened to ``url`` (refused, no such host, TLS): nothing was sent."""
 
     def __init__(self, url: URL, reason: str, *, endpoint: str | None = None) -> None:
-        super().__init__(f"cannot connect to {url}: {reason}", endpoint=endpoint)
+        super().__init__(f"network failure: cannot connect to {url}: {reason}", endpoint=endpoint)
         self.url = url
         self.reason = reason
 

@@ -156,7 +156,9 @@ async def test_connection_refused_is_retried_safely() -> None:
     async with SeedreamClient(
         "k",
         base_url=f"http://127.0.0.1:{port}",
-        settings=FAST.__class__(backoff_initial=0.05, backoff_max=0.1, create_attempts=20),
+        settings=FAST.__class__(
+            backoff_initial=0.05, backoff_max=0.1, create_attempts=20, connect_attempts=20
+        ),
     ) as client:
         create = asyncio.create_task(client.create_task(request(1)))
         await asyncio.sleep(0.15)
