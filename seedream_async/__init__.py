@@ -10,6 +10,20 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from ._batch import BatchItem, BatchProgress
+from ._catalog import (
+    ImageResolution,
+    ImageSize,
+    JobRequest,
+    ModelSpec,
+    OutputFormat,
+    Seedream5LiteEditRequest,
+    Seedream5LiteRequest,
+    Seedream5ProRequest,
+    SeedreamV4EditRequest,
+    SeedreamV4Request,
+    TextToImageRequest,
+    typed_models,
+)
 from ._client import ClientState, SeedreamClient
 from ._config import InsecureBaseUrl, PollSchedule, Settings
 from ._coordination import Coordinator, LocalCoordinator
@@ -50,6 +64,7 @@ from ._models import (
     LocalImage,
     Quality,
     TaskRecord,
+    TaskRequest,
     TaskState,
 )
 from ._otel import OpenTelemetryHook
@@ -93,17 +108,22 @@ __all__ = [
     "ExtraNotInstalled",
     "FeatureDisabled",
     "Hook",
+    "ImageResolution",
+    "ImageSize",
     "ImagesDownloaded",
     "InsecureBaseUrl",
     "InsufficientCredits",
     "InvalidRequest",
+    "JobRequest",
     "JournalBusy",
     "JournalError",
     "JournalMismatch",
     "LocalCoordinator",
     "LocalImage",
+    "ModelSpec",
     "NotFound",
     "OpenTelemetryHook",
+    "OutputFormat",
     "PollSchedule",
     "Quality",
     "RateLimitHit",
@@ -112,8 +132,13 @@ __all__ = [
     "RedisCoordinator",
     "Reply",
     "RequestRejected",
+    "Seedream5LiteEditRequest",
+    "Seedream5LiteRequest",
+    "Seedream5ProRequest",
     "SeedreamClient",
     "SeedreamError",
+    "SeedreamV4EditRequest",
+    "SeedreamV4Request",
     "ServerError",
     "ServiceUnavailable",
     "ServiceUnreachable",
@@ -122,12 +147,15 @@ __all__ = [
     "TaskFailed",
     "TaskHandle",
     "TaskRecord",
+    "TaskRequest",
     "TaskState",
     "TaskTimeout",
     "TelemetryEvent",
+    "TextToImageRequest",
     "UploadChanged",
     "UploadError",
     "UsageLimitExceeded",
+    "typed_models",
 ]
 
 try:

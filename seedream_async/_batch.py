@@ -22,10 +22,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import attrs
 from yarl import URL
 
+from ._catalog import is_request
 from ._errors import (
     DownloadError,
     InvalidRequest,
@@ -36,7 +38,7 @@ from ._errors import (
 )
 from ._journal import Entry, Journal, Stage
 from ._lifecycle import Task
-from ._models import EditRequest, EditResult, LocalImage
+from ._models import EditRequest, EditResult, LocalImage, TaskRequest
 from ._tracker import Tracker, outcome
 from ._uploads import Uploader
 
@@ -56,7 +58,7 @@ class BatchItem:
     """One input's outcome: its ``result`` or its ``error`` (both if a download failed)."""
 
     index: int
-    request: EditRequest | None
+    request: TaskRequest | None
     result: EditResult | None = None
     error: BaseException | None = None
     #: Where its images were saved, with ``download_to``.
@@ -164,7 +166,10 @@ class _ImageNames:
 
     def claim(self, index: int, request: object) -> None:
         """Name the images of input ``index`` (call in input order)."""
-        first = request.image_urls[0] if isinstance(request, EditRequest) else None
+        if isinstance(request, EditRequest):
+            first: object = request.image_urls[0]
+        else:  # another model's: its images, if it takes any
+            first = next(iter(getattr(request, "image_urls", ())), None)
         if not isinstance(first, LocalImage):
             return
         stem = _UNSAFE.sub("_", first.path.stem)[:80]
@@ -216,8 +221,7 @@ class _Slot:
         self.sent = True
         if self.journal is None:
             return None
-        assert isinstance(self.request, EditRequest)
-        return self.journal.sending(self.index, self.request, self.token)
+        return self.journal.sending(self.index, cast("TaskRequest", self.request), self.token)
 
     def on_accepted(self, task: Task) -> None:
         """The service accepted it (even if the batch stopped meanwhile)."""
@@ -253,7 +257,7 @@ class BatchRunner:
         self._names = _ImageNames()
 
     async def run(
-        self, requests: Iterable[EditRequest] | AsyncIterable[EditRequest], *, ordered: bool
+        self, requests: Iterable[TaskRequest] | AsyncIterable[TaskRequest], *, ordered: bool
     ) -> AsyncIterator[BatchItem]:
         """Yield one item per input, as tasks end (or in input order)."""
         uploader = self._listen_for_uploads()
@@ -323,9 +327,9 @@ class BatchRunner:
 
     def _entry(self, index: int, request: object) -> Entry | None:
         """The journal's row for this input; ``JournalMismatch`` if it is another input's."""
-        if self._journal is None or not isinstance(request, EditRequest):
+        if self._journal is None or not is_request(request):
             return None
-        return self._journal.get(index, request)
+        return self._journal.get(index, cast("TaskRequest", request))
 
     def _start(self, index: int, request: object, entry: Entry | None) -> None:
         slot = _Slot(index, request, entry, self._journal, self.progress)
@@ -333,12 +337,12 @@ class BatchRunner:
         if (
             entry is not None
             and entry.stage.is_final
-            and isinstance(request, EditRequest)
+            and is_request(request)
             and (self._download_to is None or entry.stage is not Stage.SUCCEEDED)
             and not (self._retry_failed and entry.stage is Stage.FAILED)
         ):
             # Known from the journal, nothing to do: no task (a resumed million stays quick).
-            self._ready.append(self._journaled_item(entry, request))
+            self._ready.append(self._journaled_item(entry, cast("TaskRequest", request)))
             return
         task = asyncio.create_task(self._item(slot))
         slot.task = task
@@ -373,9 +377,12 @@ class BatchRunner:
 
     async def _item(self, slot: _Slot) -> BatchItem:
         request, entry = slot.request, slot.entry
-        if not isinstance(request, EditRequest):
-            error = InvalidRequest("requests", f"input {slot.index} is not an EditRequest")
+        if not is_request(request):
+            error = InvalidRequest(
+                "requests", f"input {slot.index} is not a request: {type(request).__name__}"
+            )
             return BatchItem(index=slot.index, request=None, error=error)
+        request = cast("TaskRequest", request)
         if entry is not None and entry.stage is Stage.FAILED and self._retry_failed:
             assert self._journal is not None
             # Its task failed: nothing more is owed on it. Until the new ``sending`` row is
@@ -402,7 +409,7 @@ class BatchRunner:
             self._journal.succeeded(slot.index, result)
         return await self._download(slot.index, request, result)
 
-    async def _handle(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> Task:
+    async def _handle(self, slot: _Slot, request: TaskRequest, entry: Entry | None) -> Task:
         if entry is not None and entry.task_id is not None:
             return self._tracker.resume(entry.task_id, request, entry.token)
         if entry is not None:  # sent in an earlier run, answer never journaled
@@ -413,7 +420,7 @@ class BatchRunner:
             request, token=token, on_sent=slot.on_sent, on_accepted=slot.on_accepted, owned=True
         )
 
-    def _ended(self, slot: _Slot, request: EditRequest, error: SeedreamError) -> BatchItem:
+    def _ended(self, slot: _Slot, request: TaskRequest, error: SeedreamError) -> BatchItem:
         item = BatchItem(index=slot.index, request=request, error=error)
         journal = self._journal
         if journal is None:
@@ -425,7 +432,7 @@ class BatchRunner:
         # Otherwise (a deadline, the client closing) the task id stays: a rerun resumes it.
         return item
 
-    async def _from_journal(self, entry: Entry, request: EditRequest) -> BatchItem:
+    async def _from_journal(self, entry: Entry, request: TaskRequest) -> BatchItem:
         item = self._journaled_item(entry, request)
         if item.result is None:
             return item
@@ -433,7 +440,7 @@ class BatchRunner:
         return attrs.evolve(item, from_journal=True)
 
     @staticmethod
-    def _journaled_item(entry: Entry, request: EditRequest) -> BatchItem:
+    def _journaled_item(entry: Entry, request: TaskRequest) -> BatchItem:
         """An input's outcome as an earlier run journaled it (images not fetched here)."""
         if entry.stage is not Stage.SUCCEEDED or entry.record is None:
             error = _journaled_error(entry)
@@ -448,7 +455,7 @@ class BatchRunner:
             index=entry.index, request=request, result=result, files=entry.files, from_journal=True
         )
 
-    async def _download(self, index: int, request: EditRequest, result: EditResult) -> BatchItem:
+    async def _download(self, index: int, request: TaskRequest, result: EditResult) -> BatchItem:
         if self._download_to is None:
             return BatchItem(index=index, request=request, result=result)
         assert self._tracker.downloader is not None
@@ -472,14 +479,14 @@ def _journaled_error(entry: Entry) -> SeedreamError:
 
 
 def _puller(
-    requests: Iterable[EditRequest] | AsyncIterable[EditRequest],
-) -> Callable[[], Awaitable[EditRequest]]:
+    requests: Iterable[TaskRequest] | AsyncIterable[TaskRequest],
+) -> Callable[[], Awaitable[TaskRequest]]:
     """Return an awaitable next() over either kind of iterable (sync ones without a wrapper)."""
     if isinstance(requests, AsyncIterable):
         return aiter(requests).__anext__
     iterator = iter(requests)
 
-    async def pull() -> EditRequest:
+    async def pull() -> TaskRequest:
         try:
             return next(iterator)
         except StopIteration:

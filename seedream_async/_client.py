@@ -15,6 +15,7 @@ import attrs
 from yarl import URL
 
 from ._batch import BatchItem, BatchProgress, BatchRunner
+from ._catalog import DEFAULT_TEXT_MODEL, is_request, spec_for
 from ._config import Settings, resolve_api_key, resolve_base_url
 from ._coordination import AccountBound, Coordinator, LocalCoordinator
 from ._errors import ClientAlreadyOpen, ClientClosed, InvalidRequest, ReceiverError, SeedreamError
@@ -27,6 +28,7 @@ from ._models import (
     LocalImage,
     Quality,
     TaskRecord,
+    TaskRequest,
     request_from,
 )
 from ._receiver import CallbackReceiver
@@ -190,7 +192,7 @@ class SeedreamClient:
     # --- the raw endpoints ----------------------------------------------------------------
 
     async def create_task(
-        self, request: EditRequest, *, callback_url: str | URL | None = None
+        self, request: TaskRequest, *, callback_url: str | URL | None = None
     ) -> str:
         """Send one createTask and return the task id (no tracking, no slot)."""
         transport = await self._open()
@@ -228,7 +230,7 @@ class SeedreamClient:
 
     async def edit(
         self,
-        request: EditRequest | None = None,
+        request: TaskRequest | None = None,
         /,
         *,
         prompt: str | None = None,
@@ -248,23 +250,46 @@ class SeedreamClient:
         )
         # ``submit`` then ``result()``, inline: no handle, and no coroutine for either (every
         # edit runs this; a parked edit keeps one frame instead of three).
-        if not isinstance(request, EditRequest):
-            raise InvalidRequest("request", f"must be an EditRequest, got {type(request).__name__}")
+        if type(request) is not EditRequest and not is_request(request):
+            raise InvalidRequest("request", f"must be a request, got {type(request).__name__}")
         if self._state is not ClientState.OPENED:
             await self._open()
         task = await self._tracker.submit(request)
         return outcome(await task.wait(), request)
 
-    async def submit(self, request: EditRequest) -> TaskHandle:
-        """Submit one edit; return once the service accepted it."""
-        if not isinstance(request, EditRequest):
-            raise InvalidRequest("request", f"must be an EditRequest, got {type(request).__name__}")
+    async def generate(
+        self,
+        request: TaskRequest | None = None,
+        /,
+        *,
+        prompt: str | None = None,
+        model: str = DEFAULT_TEXT_MODEL,
+        aspect_ratio: AspectRatio | str | None = None,
+        quality: Quality | str | None = None,
+    ) -> EditResult:
+        """
+        Make images from a prompt and wait for them (Seedream 4.5 text to image by default).
+
+        ``model`` is any typed text-to-image model (``seedream-async models`` lists them);
+        ``aspect_ratio`` and ``quality`` go to the models that have them. For the other fields
+        of a model, pass its request (say ``SeedreamV4Request(...)``) instead.
+        """
+        if request is None:
+            request = text_request(model, prompt, aspect_ratio=aspect_ratio, quality=quality)
+        elif prompt is not None:
+            raise InvalidRequest("request", "pass a request or a prompt, not both")
+        return await self.edit(request)
+
+    async def submit(self, request: TaskRequest) -> TaskHandle:
+        """Submit one request (any model); return once the service accepted it."""
+        if type(request) is not EditRequest and not is_request(request):
+            raise InvalidRequest("request", f"must be a request, got {type(request).__name__}")
         if self._state is not ClientState.OPENED:
             await self._open()
         return TaskHandle(self, await self._tracker.submit(request))
 
     def resume(
-        self, task_id: str, *, request: EditRequest | None = None, token: str | None = None
+        self, task_id: str, *, request: TaskRequest | None = None, token: str | None = None
     ) -> TaskHandle:
         """Attach to a task submitted earlier, even by another process; call in the loop."""
         if self._state is ClientState.CLOSED:
@@ -283,7 +308,7 @@ class SeedreamClient:
         except (SeedreamError, OSError, aiohttp.ClientError) as e:
             self._tracker.lifecycle.fail_all(e)  # a resumed task must not wait for nothing
 
-    async def reconcile(self, token: str | None, request: EditRequest) -> TaskHandle:
+    async def reconcile(self, token: str | None, request: TaskRequest) -> TaskHandle:
         """
         Learn what became of a submission whose createTask answer never came (say, in a run
         that was killed): wait until its deadline for the callback on its ``token``. Raises
@@ -297,7 +322,7 @@ class SeedreamClient:
 
     async def edit_many(
         self,
-        requests: Iterable[EditRequest] | AsyncIterable[EditRequest],
+        requests: Iterable[TaskRequest] | AsyncIterable[TaskRequest],
         *,
         journal: str | Path | None = None,
         ordered: bool = False,
@@ -335,3 +360,27 @@ class SeedreamClient:
         return await self._tracker.downloader.fetch_all(
             result.urls, Path(directory), result.task_id, owner=result.task_id
         )
+
+
+def text_request(
+    model: str,
+    prompt: str | None,
+    *,
+    aspect_ratio: AspectRatio | str | None,
+    quality: Quality | str | None,
+) -> TaskRequest:
+    """The text-to-image request ``generate()`` means."""
+    spec = spec_for(model)
+    if spec.kind != "text to image":
+        raise InvalidRequest("model", f"{model!r} is an edit model: use edit() or submit()")
+    if prompt is None:
+        raise InvalidRequest("prompt", "is required")
+    names = {f.name for f in spec.fields}
+    fields: dict[str, object] = {"prompt": prompt}
+    for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)):
+        if value is None:
+            continue
+        if name not in names:
+            raise InvalidRequest(name, f"is not a field of {model}")
+        fields[name] = value
+    return spec.request(**fields)

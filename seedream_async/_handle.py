@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from ._lifecycle import Task
-from ._models import EditRequest, EditResult, TaskRecord
+from ._models import EditResult, TaskRecord, TaskRequest
 from ._tracker import outcome
 
 
@@ -34,7 +34,7 @@ class TaskHandle:
         return self._task.task_id
 
     @property
-    def request(self) -> EditRequest | None:
+    def request(self) -> TaskRequest | None:
         """The request, when this process submitted it (or passed it to ``resume``)."""
         return self._task.request
 

@@ -47,7 +47,7 @@ from typing import Any
 import attrs
 
 from ._errors import JournalBusy, JournalError, JournalMismatch
-from ._models import EditRequest, EditResult, TaskRecord
+from ._models import EditResult, TaskRecord, TaskRequest
 from ._wire import MalformedPayload, dump_json, load_json, parse_record, record_to_wire
 
 
@@ -301,7 +301,7 @@ class Journal:
         row = self._query("SELECT MAX(idx) FROM items", ()).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def get(self, index: int, request: EditRequest) -> Entry | None:
+    def get(self, index: int, request: TaskRequest) -> Entry | None:
         """Return the entry of input ``index``; refuse one journaled for another request.
 
         Rows are read ahead ``READ_AHEAD`` at a time (a resumed batch asks in index order),
@@ -348,7 +348,7 @@ class Journal:
         )
 
     def sending(
-        self, index: int, request: EditRequest, token: str | None
+        self, index: int, request: TaskRequest, token: str | None
     ) -> asyncio.Future[None] | None:
         """Journal an input before its createTask is sent; await the future returned (in an
         event loop) before sending: it resolves once the row is durable (fsynced)."""

@@ -50,7 +50,7 @@ from ._errors import (
     TaskTimeout,
 )
 from ._limits import Slots
-from ._models import EditRequest, TaskRecord, TaskState
+from ._models import TaskRecord, TaskRequest, TaskState
 from ._telemetry import (
     EditAccepted,
     EditAnswerLost,
@@ -194,7 +194,7 @@ class Task:
         *,
         token: str | None,
         task_id: str | None,
-        request: EditRequest | None,
+        request: TaskRequest | None,
         holds_slot: bool,
     ) -> None:
         #: None until the task ends: then its final record, its error, or ``DROPPED``.
@@ -334,7 +334,7 @@ class Lifecycle:
 
     # --- registration ---------------------------------------------------------------------
 
-    def queue(self, request: EditRequest, token: str | None, *, holds_slot: bool) -> Task:
+    def queue(self, request: TaskRequest, token: str | None, *, holds_slot: bool) -> Task:
         """Register a submission before anything is sent (so an early callback finds it)."""
         self._refuse_if_closed()
         task = self._new(request, token=token, task_id=None, holds_slot=holds_slot)
@@ -345,7 +345,7 @@ class Lifecycle:
         return task
 
     def attach(
-        self, task_id: str, request: EditRequest | None, token: str | None, *, poll_now: bool = True
+        self, task_id: str, request: TaskRequest | None, token: str | None, *, poll_now: bool = True
     ) -> Task:
         """Track a task accepted earlier (``resume``): its clocks start now."""
         self._refuse_if_closed()
@@ -359,7 +359,7 @@ class Lifecycle:
         self.watcher.watch(task, poll_now=poll_now)
         return task
 
-    def attach_unknown(self, token: str, request: EditRequest, error: SubmissionUnknown) -> Task:
+    def attach_unknown(self, token: str, request: TaskRequest, error: SubmissionUnknown) -> Task:
         """Track a submission sent by an earlier run whose answer never came (``reconcile``)."""
         self._refuse_if_closed()
         if (known := self._by_token.get(token)) is not None:
@@ -372,7 +372,7 @@ class Lifecycle:
 
     def _new(
         self,
-        request: EditRequest | None,
+        request: TaskRequest | None,
         *,
         token: str | None,
         task_id: str | None,

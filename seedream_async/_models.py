@@ -5,13 +5,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import os
 import re
 import stat
+import types
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 import attrs
 from yarl import URL
@@ -350,6 +352,71 @@ def _check_nsfw(_: object, __: attrs.Attribute[bool | None], value: bool | None)
         raise InvalidRequest("nsfw_checker", f"must be a bool or None, got {value!r}")
 
 
+#: ``extra_input`` when none is given: one shared, immutable, empty mapping.
+NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+#: The fields ``EditRequest`` types (``extra_input`` may not shadow them).
+EDIT_FIELDS = ("prompt", "image_urls", "aspect_ratio", "quality", "nsfw_checker")
+#: The largest ``input`` the SDK sends, as compact JSON: far above any typed model's
+#: (14 URLs and a 5000-character prompt are ~40 KB), low enough to stop a runaway payload.
+MAX_INPUT_BYTES = 1 << 20
+
+
+def json_input(field: str, value: object) -> dict[str, Any]:
+    """``value`` as a dict of JSON values, or ``InvalidRequest`` naming what is not JSON."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(field, f"must be a mapping of JSON values, got {type(value).__name__}")
+    out = dict(value)
+    for key, item in out.items():
+        if not isinstance(key, str):
+            raise InvalidRequest(field, f"has a key that is not a string: {key!r}")
+        _check_json(f"{field}.{key}", item, 0)
+    size = len(canonical_json(out))
+    if size > MAX_INPUT_BYTES:
+        raise InvalidRequest(field, f"is {size} bytes of JSON, at most {MAX_INPUT_BYTES}")
+    return out
+
+
+def _check_json(where: str, value: object, depth: int) -> None:
+    if depth > 64:
+        raise InvalidRequest(where, "nests deeper than 64 levels")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise InvalidRequest(where, f"{value} does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequest(where, f"{value} is not a JSON number")
+        return
+    if isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            _check_json(f"{where}[{n}]", item, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(where, f"has a key that is not a string: {key!r}")
+            _check_json(f"{where}.{key}", item, depth + 1)
+        return
+    raise InvalidRequest(where, f"{type(value).__name__} is not a JSON value")
+
+
+def canonical_json(value: object) -> bytes:
+    """Sorted, compact JSON: what fingerprints digest."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+def _edit_extra(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    if value is NO_EXTRA:
+        return value  # the usual case: nothing to check
+    extra = json_input("extra_input", value)
+    for name in EDIT_FIELDS:
+        if name in extra:
+            raise InvalidRequest("extra_input", f"{name!r} is a field of EditRequest: set it there")
+    return extra
+
+
 #: A string as ``json.dumps`` writes it (ASCII, escaped); fingerprints depend on this output.
 _json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _JSON_FLAGS = {None: "null", True: "true", False: "false"}
@@ -359,12 +426,18 @@ _JSON_FLAGS = {None: "null", True: "true", False: "false"}
 class EditRequest:
     """One edit: validated at construction, so a bad one never reaches the network."""
 
+    #: The model it asks for (Seedream 4.5 Edit).
+    model: ClassVar[str] = MODEL
     prompt: str = attrs.field(validator=_check_prompt)
     #: URLs, or local images (give a ``pathlib.Path``): uploaded before createTask.
     image_urls: tuple[ImageSource, ...] = attrs.field(converter=_image_urls)
     aspect_ratio: AspectRatio = attrs.field(default=AspectRatio.SQUARE, converter=_aspect_ratio)
     quality: Quality = attrs.field(default=Quality.BASIC, converter=_quality)
     nsfw_checker: bool | None = attrs.field(default=None, validator=_check_nsfw)
+    #: JSON values sent as they are inside ``input``: a field the vendor added lately.
+    extra_input: Mapping[str, Any] = attrs.field(
+        default=NO_EXTRA, converter=_edit_extra, hash=False, repr=False
+    )
     #: Derived once at construction (asked on every submission): the images that are files.
     _local: tuple[LocalImage, ...] = attrs.field(
         init=False,
@@ -380,6 +453,10 @@ class EditRequest:
     def local_images(self) -> tuple[LocalImage, ...]:
         """The images that are files here (uploaded before createTask)."""
         return self._local
+
+    def task_input(self) -> dict[str, Any]:
+        """createTask's ``input`` (every image a URL: upload local ones first)."""
+        return edit_input(self)
 
     def fingerprint(self) -> str:
         """Return a stable digest of everything the service is asked to do.
@@ -399,18 +476,38 @@ class EditRequest:
             f"[{_json_str(self.prompt)},[{urls}],{_json_str(self.aspect_ratio.value)},"
             f"{_json_str(self.quality.value)},{_JSON_FLAGS[self.nsfw_checker]}]"
         )
+        if self.extra_input:  # (never in a journal older than extra_input: the same digest)
+            canonical = f"{canonical[:-1]},{canonical_json(self.extra_input).decode()}]"
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def edit_input(request: EditRequest) -> dict[str, Any]:
+    """A 4.5 edit's createTask ``input`` (every image a URL: upload local ones first)."""
+    urls = [url_text(u) for u in request.image_urls if isinstance(u, URL)]
+    if len(urls) != len(request.image_urls):
+        raise InvalidRequest("image_urls", "local images must be uploaded before createTask")
+    task_input: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image_urls": urls,
+        "aspect_ratio": request.aspect_ratio.value,
+        "quality": request.quality.value,
+    }
+    if request.nsfw_checker is not None:
+        task_input["nsfw_checker"] = request.nsfw_checker
+    if request.extra_input:
+        task_input.update(request.extra_input)
+    return task_input
+
+
 def request_from(
-    request: EditRequest | None,
+    request: TaskRequest | None,
     *,
     prompt: str | None,
     image_urls: Iterable[str | URL | os.PathLike[str]] | None,
     aspect_ratio: AspectRatio | str,
     quality: Quality | str,
     nsfw_checker: bool | None,
-) -> EditRequest:
+) -> TaskRequest:
     """The request ``edit()`` means: one given whole, or one built from its fields."""
     if request is None:
         if prompt is None or image_urls is None:
@@ -425,6 +522,29 @@ def request_from(
     if prompt is not None or image_urls is not None:
         raise InvalidRequest("request", "pass an EditRequest or its fields, not both")
     return request
+
+
+@runtime_checkable
+class TaskRequest(Protocol):
+    """What the core knows of any request: every typed request and ``JobRequest`` are one."""
+
+    @property
+    def model(self) -> str:
+        """The model id sent as createTask's ``model``."""
+        ...
+
+    @property
+    def local_images(self) -> tuple[LocalImage, ...]:
+        """The images that are files here (uploaded before createTask)."""
+        ...
+
+    def task_input(self) -> dict[str, Any]:
+        """createTask's ``input`` (every image a URL: upload local ones first)."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A stable digest of everything the service is asked to do (journals compare it)."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -442,6 +562,9 @@ class TaskRecord:
     complete_time: datetime | None = None
     update_time: datetime | None = None
     credits_consumed: float | None = None
+    #: The service's ``data`` object as it came (its fields the SDK does not know, too);
+    #: None for a record made here.
+    raw: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     @property
     def is_final(self) -> bool:
@@ -456,4 +579,5 @@ class EditResult:
     task_id: str
     urls: tuple[URL, ...]
     record: TaskRecord
-    request: EditRequest | None = None
+    #: The request it answers: an ``EditRequest``, or any other model's (``TaskRequest``).
+    request: TaskRequest | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import ExtraNotInstalled
-from ._models import MODEL
+from ._models import TaskRequest
 from ._telemetry import (
     EditAccepted,
     EditAnswerLost,
@@ -106,7 +106,7 @@ class OpenTelemetryHook:
         """Record one event."""
         match event:
             case EditQueued():
-                self._start(event.edit, event.time)
+                self._start(event.edit, event.time, event.request)
                 self._queued_edits.add(event.edit)
                 self._queued.add(1)
             case EditSent():
@@ -132,12 +132,15 @@ class OpenTelemetryHook:
             case ImagesDownloaded():
                 self._download(event)
 
-    def _start(self, edit: int, at: float) -> Span:
+    def _start(self, edit: int, at: float, request: TaskRequest | None = None) -> Span:
+        attributes = {"gen_ai.operation.name": "image_edit"}
+        if request is not None:  # (a resumed task's request may be unknown)
+            attributes["gen_ai.request.model"] = request.model
         span = self._tracer.start_span(
             "seedream.edit",
             kind=self._trace.SpanKind.CLIENT,
             start_time=_ns(at),
-            attributes={"gen_ai.operation.name": "image_edit", "gen_ai.request.model": MODEL},
+            attributes=attributes,
         )
         self._spans[edit] = span
         return span

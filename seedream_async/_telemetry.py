@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 
 import attrs
 
-from ._models import EditRequest, TaskRecord
+from ._models import TaskRecord, TaskRequest
 
 log = logging.getLogger("seedream_async")
 #: One INFO line per step of every edit: submitted, accepted, resolved, downloaded.
@@ -48,7 +48,7 @@ class EditEvent(TelemetryEvent):
 class EditQueued(EditEvent):
     """An edit was submitted; it waits for an in-flight slot and the createTask limiter."""
 
-    request: EditRequest | None = None
+    request: TaskRequest | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ from ._downloads import Downloader
 from ._errors import ClientClosed, InvalidRequest, SubmissionUnknown, TaskFailed
 from ._lifecycle import Lifecycle, Phase, Task
 from ._limits import Slots
-from ._models import EditRequest, EditResult, TaskRecord, TaskState
+from ._models import EditResult, TaskRecord, TaskRequest, TaskState
 from ._poller import Poller
 from ._receiver import CallbackReceiver
 from ._telemetry import Telemetry
@@ -44,7 +44,7 @@ def check_token(token: str | None) -> None:
         raise InvalidRequest("token", "must be 16 to 128 URL-safe characters")
 
 
-def outcome(record: TaskRecord, request: EditRequest | None) -> EditResult:
+def outcome(record: TaskRecord, request: TaskRequest | None) -> EditResult:
     """Turn a final record into an ``EditResult``, or raise ``TaskFailed``."""
     if record.state is not TaskState.SUCCESS:
         raise TaskFailed(record.task_id, record.fail_code, record.fail_msg)
@@ -193,7 +193,7 @@ class Tracker:
 
     async def submit(
         self,
-        request: EditRequest,
+        request: TaskRequest,
         *,
         token: str | None = None,
         on_sent: OnSend | None = None,
@@ -316,7 +316,7 @@ class Tracker:
         if task.fleet_key is not None:
             self.coordinator.unhold(task.fleet_key)
 
-    def resume(self, task_id: str, request: EditRequest | None, token: str | None) -> Task:
+    def resume(self, task_id: str, request: TaskRequest | None, token: str | None) -> Task:
         """Track a task accepted earlier (even by another process): a fleet's record, or a poll."""
         if not self.coordinator.shared:
             return self.lifecycle.attach(task_id, request, token)
@@ -333,7 +333,7 @@ class Tracker:
         elif not task.done and self.poller is not None:
             self.poller.watch(task, poll_now=True)
 
-    async def reconcile(self, token: str | None, request: EditRequest) -> Task:
+    async def reconcile(self, token: str | None, request: TaskRequest) -> Task:
         """Wait (until the deadline) for the callback of a submission whose answer was lost."""
         unknown = SubmissionUnknown(
             "createTask was sent in an earlier run and its answer never came", request=request
@@ -359,7 +359,7 @@ class Tracker:
 
     async def _create(
         self,
-        request: EditRequest,
+        request: TaskRequest,
         callback_url: str | None,
         on_send: _Sending,
         answer: asyncio.Future[str],

@@ -29,7 +29,7 @@ from ._errors import (
     SubmissionUnknown,
 )
 from ._limits import Limiter, SlidingWindowLimiter
-from ._models import EditRequest, TaskRecord
+from ._models import TaskRecord, TaskRequest
 from ._telemetry import RateLimitHit, Telemetry
 from ._wire import (
     MalformedPayload,
@@ -125,7 +125,7 @@ class Transport:
 
     async def create_task(
         self,
-        request: EditRequest,
+        request: TaskRequest,
         callback_url: URL | str | None,
         on_send: OnSend | None = None,
     ) -> str:

@@ -51,6 +51,7 @@ from ._models import (
     MAX_IMAGE_BYTES,
     EditRequest,
     LocalImage,
+    TaskRequest,
     checked_path,
     image_kind,
     open_no_follow,
@@ -100,20 +101,24 @@ class Uploader:
         if time.time() - when < self._settings.upload_reuse_for:
             self._done[sha256] = (url, when)
 
-    async def resolve(self, request: EditRequest) -> EditRequest:
+    async def resolve(self, request: TaskRequest) -> TaskRequest:
         """``request`` with every local image replaced by its uploaded URL."""
         if not request.local_images:
             return request
+        given: Any = request  # every request with local images has ``image_urls``
         urls = [
-            await self.upload_image(u) if isinstance(u, LocalImage) else u
-            for u in request.image_urls
+            await self.upload_image(u) if isinstance(u, LocalImage) else u for u in given.image_urls
         ]
+        if type(request) is not EditRequest:
+            resolved: TaskRequest = given.with_image_urls(urls)
+            return resolved
         return EditRequest(
             prompt=request.prompt,
             image_urls=urls,
             aspect_ratio=request.aspect_ratio,
             quality=request.quality,
             nsfw_checker=request.nsfw_checker,
+            extra_input=request.extra_input,
         )
 
     async def upload_image(self, image: LocalImage, file_name: str | None = None) -> URL:

@@ -21,8 +21,20 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 from yarl import URL
 
+from ._catalog import MODELS
 from ._errors import InvalidRequest, ServerError, error_for_code
-from ._models import MODEL, EditRequest, TaskRecord, TaskState, parse_url, url_text
+from ._models import (
+    EDIT_FIELDS,
+    MODEL,
+    NO_EXTRA,
+    EditRequest,
+    TaskRecord,
+    TaskRequest,
+    TaskState,
+    edit_input,
+    parse_url,
+    url_text,
+)
 
 # Detailed validation builds error trees we never show (any failure becomes MalformedPayload)
 # and costs a third of structuring time on the callback path.
@@ -91,6 +103,7 @@ _RECORD_KEYS = {
     "credits_consumed": "creditsConsumed",
 }
 _RENAMES: dict[str, Any] = {k: override(rename=v) for k, v in _RECORD_KEYS.items()}
+_RENAMES["raw"] = override(omit=True)  # what the service sent is not what we write
 converter.register_unstructure_hook(
     TaskRecord, make_dict_unstructure_fn(TaskRecord, converter, **_RENAMES)
 )
@@ -104,39 +117,38 @@ class MalformedPayload(ValueError):
 # --- requests ---------------------------------------------------------------------------
 
 
-def create_task_body(request: EditRequest, callback_url: URL | str | None) -> bytes:
+def create_task_body(request: TaskRequest, callback_url: URL | str | None) -> bytes:
     """Encode the createTask JSON body (every image a URL: upload local ones first)."""
-    urls = [url_text(u) for u in request.image_urls if isinstance(u, URL)]
-    if len(urls) != len(request.image_urls):
-        raise InvalidRequest("image_urls", "local images must be uploaded before createTask")
-    task_input: dict[str, Any] = {
-        "prompt": request.prompt,
-        "image_urls": urls,
-        "aspect_ratio": request.aspect_ratio.value,
-        "quality": request.quality.value,
-    }
-    if request.nsfw_checker is not None:
-        task_input["nsfw_checker"] = request.nsfw_checker
-    body: dict[str, Any] = {"model": MODEL, "input": task_input}
+    if type(request) is EditRequest:  # every 4.5 edit: its model a constant, no lookup
+        body: dict[str, Any] = {"model": MODEL, "input": edit_input(request)}
+    else:
+        body = {"model": request.model, "input": request.task_input()}
     if callback_url is not None:
         body["callBackUrl"] = str(callback_url)
     return _dumps(body)
 
 
-def parse_create_body(body: Any) -> tuple[EditRequest, URL | None]:
+def parse_create_body(body: Any) -> tuple[TaskRequest, URL | None]:
     """Decode a createTask body (the simulator's side); raise ``InvalidRequest``."""
     if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
         raise MalformedPayload("body must be an object with an object 'input'")
-    if body.get("model") != MODEL:
-        raise InvalidRequest("model", f"must be {MODEL!r}")
-    task_input = body["input"]
-    request = EditRequest(
-        prompt=task_input.get("prompt"),
-        image_urls=task_input.get("image_urls") or (),
-        aspect_ratio=task_input.get("aspect_ratio", "1:1"),
-        quality=task_input.get("quality", "basic"),
-        nsfw_checker=task_input.get("nsfw_checker"),
-    )
+    model, task_input = body.get("model"), body["input"]
+    request: TaskRequest
+    if model == MODEL:
+        extra = {k: v for k, v in task_input.items() if k not in EDIT_FIELDS}
+        request = EditRequest(
+            prompt=task_input.get("prompt"),
+            image_urls=task_input.get("image_urls") or (),
+            aspect_ratio=task_input.get("aspect_ratio", "1:1"),
+            quality=task_input.get("quality", "basic"),
+            nsfw_checker=task_input.get("nsfw_checker"),
+            extra_input=extra or NO_EXTRA,
+        )
+    else:
+        spec = MODELS.get(model) if isinstance(model, str) else None
+        if spec is None:
+            raise InvalidRequest("model", f"{model!r} is not a model this service offers")
+        request = spec.parse(task_input)
     callback = body.get("callBackUrl")
     return request, URL(callback) if isinstance(callback, str) and callback else None
 
@@ -320,6 +332,7 @@ def _structure_record(data: Any, _: object) -> TaskRecord:
             if isinstance(credits, int | float) and not isinstance(credits, bool)
             else None
         ),
+        raw=data,
     )
 
 

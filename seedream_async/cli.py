@@ -483,17 +483,22 @@ def item_line(item: BatchItem) -> dict[str, Any]:
     """One line of the results JSONL."""
     line: dict[str, Any] = {"index": item.index, "status": item.status}
     if item.request is not None:
-        line["prompt"] = item.request.prompt
+        line["model"] = item.request.model
+        given: Any = item.request  # a JobRequest has neither field
+        if (prompt := getattr(given, "prompt", None)) is not None:
+            line["prompt"] = prompt
         line["inputs"] = [
-            str(u.path) if isinstance(u, LocalImage) else str(u) for u in item.request.image_urls
+            str(u.path) if isinstance(u, LocalImage) else str(u)
+            for u in getattr(given, "image_urls", ())
         ]
-        line["aspect_ratio"] = item.request.aspect_ratio.value
-        line["quality"] = item.request.quality.value
+        for name in ("aspect_ratio", "quality"):  # (of the models that have them)
+            if (value := getattr(given, name, None)) is not None:
+                line[name] = str(value)
     if item.result is not None:
         line["task_id"] = item.result.task_id
         line["urls"] = [str(u) for u in item.result.urls]
         line["credits"] = item.result.record.credits_consumed
-        line |= _record_times(item.result.record)
+        line |= _record_times(item.result.record, line.get("model"))
     elif isinstance(item.error, TaskFailed | TaskTimeout):
         line["task_id"] = item.error.task_id
     if isinstance(item.error, TaskFailed):
@@ -508,8 +513,8 @@ def item_line(item: BatchItem) -> dict[str, Any]:
     return line
 
 
-def _record_times(record: TaskRecord) -> dict[str, Any]:
-    times = {"model": record.model or MODEL}
+def _record_times(record: TaskRecord, asked: str | None) -> dict[str, Any]:
+    times = {"model": record.model or asked or MODEL}
     for name, when in (("created", record.create_time), ("completed", record.complete_time)):
         if when is not None:
             times[name] = when.isoformat()

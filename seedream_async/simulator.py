@@ -34,8 +34,9 @@ import attrs
 from aiohttp import BodyPartReader, web
 from yarl import URL
 
+from ._catalog import MODELS
 from ._errors import InvalidRequest
-from ._models import MODEL, EditRequest, TaskRecord, TaskState
+from ._models import TaskRecord, TaskRequest, TaskState
 from ._signing import sign
 from ._wire import MalformedPayload, envelope, parse_create_body, record_to_wire
 
@@ -72,6 +73,12 @@ class SimulatorConfig:
     #: Credits on the account (None: unlimited) and the price of one task.
     credits: float | None = None
     price: float = 1.25
+    #: The price of one task (one image, for models that make several) by ``price_key``
+    #: (``ModelSpec``); a model not named here costs ``price``. Relative to 4.5's price as
+    #: the vendor's 2026-06 pricing page has them (5 Lite 0.0275 against 0.0325 a picture).
+    prices: dict[str, float] = attrs.field(
+        factory=lambda: {"seedream-5-lite": 1.05, "seedream-5-pro": 2.5, "seedream-v4": 1.0}
+    )
     #: Fraction of calls answered by an HTML error page (a proxy), before any work.
     html_error_rate: float = 0.0
     #: The status of those pages: 502, 503, or 403 (Cloudflare's ``error code: 1010``).
@@ -168,13 +175,14 @@ class SimulatorStats:
 @attrs.define(eq=False)
 class _Task:
     task_id: str
-    request: EditRequest
+    request: TaskRequest
     callback_url: URL | None
     created: float
     latency: float
     fails: bool
     files_base: URL
     images: int
+    price: float = 1.25
 
 
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -274,12 +282,12 @@ class Simulator:
             phase = (TaskState.WAITING, TaskState.QUEUING, TaskState.GENERATING)
             state = phase[min(2, int(3 * age / task.latency))]
             return TaskRecord(
-                task_id=task_id, model=MODEL, state=state, create_time=_dt(created_ms)
+                task_id=task_id, model=task.request.model, state=state, create_time=_dt(created_ms)
             )
         complete = _dt(created_ms + round(task.latency * 1000))
         final = TaskRecord(
             task_id=task_id,
-            model=MODEL,
+            model=task.request.model,
             state=TaskState.FAIL if task.fails else TaskState.SUCCESS,
             create_time=_dt(created_ms),
             complete_time=complete,
@@ -294,7 +302,7 @@ class Simulator:
             else task.files_base / task_id / f"{n}.png"
             for n in range(task.images)
         )
-        return attrs.evolve(final, result_urls=urls, credits_consumed=self.config.price)
+        return attrs.evolve(final, result_urls=urls, credits_consumed=task.price)
 
     def _forget_expired(self, now: float) -> None:
         """Drop tasks whose ``task_ttl`` ran out (roughly in order: bounded, not exact)."""
@@ -318,9 +326,16 @@ class Simulator:
             self.config.tamper(wire)
         return wire
 
-    def _new_task(self, request: EditRequest, callback: URL | None, base: URL) -> _Task:
+    def price_of(self, request: TaskRequest) -> float:
+        """What ``request`` costs here: its model's price, per image it asks for."""
+        spec = MODELS[request.model]
+        images: int = getattr(request, "max_images", 1)
+        return self.config.prices.get(spec.price_key, self.config.price) * images
+
+    def _new_task(self, request: TaskRequest, callback: URL | None, base: URL) -> _Task:
         cfg = self.config
         lo, hi = cfg.latency
+        inputs: tuple[object, ...] = getattr(request, "image_urls", ())
         task = _Task(
             task_id=f"task_seedream_{int(time.time() * 1000)}_{next(self._ids)}",
             request=request,
@@ -331,11 +346,12 @@ class Simulator:
             fails=self._rng.random() < cfg.failure_rate
             or any(
                 u.host == base.host and u.path.startswith("/uploads/") and not self.upload_alive(u)
-                for u in request.image_urls
+                for u in inputs
                 if isinstance(u, URL)
             ),
             files_base=base / "files",
-            images=cfg.images_per_task,
+            images=getattr(request, "max_images", cfg.images_per_task),
+            price=self.price_of(request),
         )
         self._forget_expired(task.created)
         self.tasks[task.task_id] = task
@@ -346,7 +362,7 @@ class Simulator:
         if callback is not None:
             self.stats.tasks_per_callback[str(callback)] += 1
         if cfg.credits is not None:
-            cfg.credits -= cfg.price
+            cfg.credits -= task.price
         return task
 
     def _schedule_callback(self, task: _Task) -> None:
@@ -446,8 +462,6 @@ class Simulator:
             return gated
         if not self._create_window.admit(self.config.create_limit, time.monotonic()):
             return self._limited()
-        if self.config.credits is not None and self.config.credits < self.config.price:
-            return _answer(402, "Credits insufficient")
         try:
             body = await request.json()
             edit, callback = parse_create_body(body)
@@ -455,6 +469,8 @@ class Simulator:
             return _answer(422, str(e))
         except (MalformedPayload, ValueError) as e:
             return _answer(400, f"bad request: {e}")
+        if self.config.credits is not None and self.config.credits < self.price_of(edit):
+            return _answer(402, "Credits insufficient")
         task = self._new_task(edit, callback, request.url.origin())
         if self.config.callback_early and callback is not None:
             await self._deliver_all(task)
@@ -491,7 +507,8 @@ class Simulator:
             code = self.config.invisible_code
             return _answer(code, "recordInfo is null" if code == 422 else "task not found")
         record = self._wire_record(self.record(task.task_id))
-        record["param"] = json.dumps(json.dumps({"model": MODEL}))  # double-encoded, as seen
+        # Double-encoded, as seen.
+        record["param"] = json.dumps(json.dumps({"model": task.request.model}))
         record["costTime"] = round(task.latency)
         return _answer(200, "success", record)
 
@@ -512,7 +529,8 @@ class Simulator:
         if self.config.file_status != 200:
             return web.Response(status=self.config.file_status, text="file error")
         self.stats.downloads += 1
-        ratio = task.request.aspect_ratio.value
+        aspect = getattr(task.request, "aspect_ratio", None)  # (not every model has one)
+        ratio = "1:1" if aspect is None else str(aspect)
         return web.Response(
             body=fake_png(task.task_id, n, self.config.image_size, ratio),
             content_type="image/png",

@@ -291,3 +291,16 @@ async def test_images_downloaded_reports_a_failure(
     assert event.task_id == result.task_id
     assert event.error is not None
     assert event.paths == ()
+
+
+async def test_the_span_names_the_model_asked_for(
+    make_client: ClientFactory,
+    otel: tuple[OpenTelemetryHook, InMemorySpanExporter, InMemoryMetricReader, Any],
+) -> None:
+    hook, exporter, _, _ = otel
+    async with make_client(hooks=[hook]) as client:
+        await client.generate(prompt="a cat", model="bytedance/seedream-v4-text-to-image")
+        await client.edit(request(1))
+    models = [s.attributes["gen_ai.request.model"] for s in exporter.get_finished_spans()
+              if s.name == "seedream.edit" and s.attributes is not None]  # fmt: skip
+    assert models == ["bytedance/seedream-v4-text-to-image", "seedream/4.5-edit"]
