@@ -4,7 +4,7 @@ One replica of a service, as a real process, for the fleet tests.
 ``python -m tests.fleet_worker SIM_URL REDIS_URL NAMESPACE PUBLIC_URL [--resume ID ...]``
 prints ``{"listen": URL}``, waits for a line on stdin, then either submits ``--edits`` edits
 (``{"accepted": ID}`` as each is accepted) or resumes the given task ids, and ends with
-``{"done": [ids of finished tasks]}``. Every line is JSON.
+``{"done": [ids of finished tasks], "urls": [their result URLs]}``. Every line is JSON.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ async def main(args: argparse.Namespace) -> None:
                 say(accepted=handle.task_id)
                 handles.append(handle)
         results = await asyncio.gather(*(h.result() for h in handles))
-        say(done=[r.task_id for r in results])
+        say(done=[r.task_id for r in results], urls=[[str(u) for u in r.urls] for r in results])
         await asyncio.sleep(args.linger)  # keep serving callbacks for the others
 
 

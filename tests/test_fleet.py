@@ -412,6 +412,8 @@ class Worker:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.accepted: list[str] = []
+        #: Result URLs of each finished task, by task id.
+        self.urls: dict[str, list[str]] = {}
 
     @classmethod
     async def start(cls, sim: Simulator, redis: RedisServer, namespace: str, lb: Balancer,
@@ -442,6 +444,7 @@ class Worker:
         while "done" not in (line := await self.line()):
             self.accepted.append(line["accepted"])
         await self.proc.wait()
+        self.urls = dict(zip(line["done"], line["urls"], strict=True))
         return list(line["done"])
 
 
@@ -808,3 +811,20 @@ async def test_a_forged_poll_claim_stops_no_poll(
     for result in results:
         assert result.urls == sim.record(result.task_id).result_urls
     assert attacker.refusals() >= 2
+
+
+async def test_a_process_resuming_tasks_refuses_forged_records_and_polls(
+    sim: Simulator, redis_server: RedisServer, balancer: Balancer, attacker: Attacker
+) -> None:
+    # A real process, its records sealed and checked there: every stored record it would
+    # resume from is forged, so each task ends with the service's own result, by a poll.
+    async with SeedreamClient(API_KEY, base_url=sim.url, settings=FAST) as client:
+        ids = [await client.create_task(request(n)) for n in range(3)]
+    for task_id in ids:
+        await attacker.redis.set(attacker.key("task", task_id), forged(task_id), ex=600)
+    heir = await Worker.start(sim, redis_server, attacker.namespace, balancer, "--resume", *ids)
+    heir.go()
+    assert sorted(await heir.finish()) == sorted(ids)
+    for task_id in ids:
+        assert heir.urls[task_id] == [str(u) for u in sim.record(task_id).result_urls]
+    assert sim.stats.polls >= 3
