@@ -65,6 +65,8 @@ class BatchItem:
     files: tuple[Path, ...] = ()
     #: True when the outcome came from the journal of an earlier run.
     from_journal: bool = False
+    #: True when an earlier run sent its task (journaled) and this run tracked it to its end.
+    resumed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -98,9 +100,12 @@ class BatchProgress:
     errors: int = 0
     #: Outcomes taken from the journal of an earlier run.
     from_journal: int = 0
+    #: Tasks an earlier run sent (an interrupted one), tracked to their end by this run.
+    resumed: int = 0
     #: Local images uploaded in this run.
     uploaded: int = 0
-    #: Credits paid for tasks of this run, and (from the journal) of earlier runs.
+    #: Credits paid for tasks this run sent, and for those earlier runs sent (the journal's
+    #: outcomes and the resumed tasks).
     credits: float = 0.0
     credits_earlier: float = 0.0
     started: float = attrs.field(factory=time.monotonic)
@@ -137,8 +142,9 @@ class BatchProgress:
         else:
             self.errors += 1
         paid = item.result.record.credits_consumed if item.result is not None else None
-        if item.from_journal:
-            self.from_journal += 1
+        self.from_journal += item.from_journal
+        self.resumed += item.resumed
+        if item.from_journal or item.resumed:
             self.credits_earlier += paid or 0.0
         elif paid:
             self.credits += paid
@@ -391,7 +397,13 @@ class BatchRunner:
             entry = slot.entry = None
         if entry is not None and entry.stage.is_final:
             return await self._from_journal(entry, request)
-        slot.sent = entry is not None
+        if entry is None:
+            return await self._tracked(slot, request, None)
+        slot.sent = True  # by an earlier run: its task (and its price) is that run's
+        return attrs.evolve(await self._tracked(slot, request, entry), resumed=True)
+
+    async def _tracked(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> BatchItem:
+        """Submit the input (or resume its journaled task) and follow it to its outcome."""
         try:
             handle = await self._handle(slot, request, entry)
         except SubmissionUnknown as e:

@@ -392,6 +392,7 @@ async def cmd_batch(args: argparse.Namespace) -> int:
         raise UsageError("--retry-failed needs --journal: the journal says which inputs failed")
     if journal is not None:
         check_journal(Path(journal), inputs(), simulate=args.simulate)
+    args.journal_in_use = journal  # what a Ctrl-C's hint names
     console = Console(stderr=True)
     progress = BatchProgress(total=total)
     console.print(
@@ -509,6 +510,8 @@ def item_line(item: BatchItem) -> dict[str, Any]:
         line["error"] = f"{type(item.error).__name__}: {item.error}"
     if item.from_journal:
         line["from_journal"] = True
+    if item.resumed:
+        line["resumed"] = True
     line["at"] = round(time.time(), 3)  # when it ended here: the report's time line
     return line
 
@@ -599,8 +602,10 @@ def _summary(progress: BatchProgress, out: Path, images: str | None, console: An
     if progress.errors:
         table.add_row("errors", f"[red]{progress.errors}")
     table.add_row("from journal", str(progress.from_journal))
+    if progress.resumed:  # sent by an interrupted run, tracked to their end by this one
+        table.add_row("resumed", str(progress.resumed))
     table.add_row("credits, this run", f"{progress.credits:g}")
-    if progress.from_journal:
+    if progress.from_journal or progress.resumed:
         table.add_row("credits, earlier runs", f"{progress.credits_earlier:g}")
     table.add_row("wall time", f"{progress.elapsed:.1f} s")
     console.print(table)
@@ -952,11 +957,37 @@ def run(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             code: int = runner.run(args.run(args))
     except KeyboardInterrupt:
-        hint = " (rerun with the same --journal to resume)" if args.command == "batch" else ""
+        hint = _resume_hint(args) if args.command == "batch" else ""
         return _fail(f"interrupted after {time.monotonic() - started:.0f} s{hint}", 130)
     except Exception as e:
         return _fail(*_explain(e, args))
     return code
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What a rerun after Ctrl-C does: resume from the journal the run used (named, even the
+    default one), or, with ``--simulate``, start afresh if tasks died with its simulator."""
+    journal = getattr(args, "journal_in_use", None)
+    if journal is None:
+        return " (nothing was journaled: add --journal FILE to make a rerun resume)"
+    if args.simulate and (pending := _in_flight(Path(journal))):
+        return (
+            f" ({pending} task(s) in flight died with the simulator, so {journal} cannot"
+            " resume: start again with a new --journal)"
+        )
+    return f" (run the same command again to resume from the journal {journal})"
+
+
+def _in_flight(journal: Path) -> int:
+    """Tasks the journal says were sent and never ended (0 if it cannot be read)."""
+    if not journal.exists():
+        return 0
+    try:
+        with Journal(journal) as opened:
+            counts = opened.counts()
+    except JournalError:
+        return 0
+    return counts.get(Stage.SENDING, 0) + counts.get(Stage.ACCEPTED, 0)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
