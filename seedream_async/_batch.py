@@ -402,7 +402,7 @@ class BatchRunner:
         slot.sent = True  # by an earlier run: its task (and its price) is that run's
         return attrs.evolve(await self._tracked(slot, request, entry), resumed=True)
 
-    async def _tracked(self, slot: _Slot, request: EditRequest, entry: Entry | None) -> BatchItem:
+    async def _tracked(self, slot: _Slot, request: TaskRequest, entry: Entry | None) -> BatchItem:
         """Submit the input (or resume its journaled task) and follow it to its outcome."""
         try:
             handle = await self._handle(slot, request, entry)
