@@ -16,8 +16,10 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import itertools
 import json
+import logging
 import random
 import signal
 import struct
@@ -32,6 +34,8 @@ from typing import Any, Literal
 import aiohttp
 import attrs
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from yarl import URL
 
 from ._catalog import MODELS
@@ -50,6 +54,8 @@ __all__ = [
     "serve",
     "stats_json",
 ]
+
+log = logging.getLogger("seedream_async.simulator")
 
 LostAnswer = Literal["reset", "http500", "hang"]
 
@@ -185,6 +191,13 @@ class _Task:
     price: float = 1.25
 
 
+#: A body aiohttp cannot read (the disposition warnings are raised where warnings are errors).
+_UNREADABLE = (
+    web.RequestPayloadError,
+    HttpProcessingError,
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+)
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 _HTML_1010 = b"error code: 1010"
 
@@ -242,13 +255,26 @@ class Simulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> URL:
         """Serve on ``host:port`` (0: any free port) and return the base URL."""
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=0.5,
+            logger=_http_log,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound = self._runner.addresses[0]
         self.url = URL.build(scheme="http", host=bound[0], port=bound[1])
+        exposed = [a[0] for a in self._runner.addresses if not _loopback(a[0])]
+        if exposed:
+            # A log line, not warnings.warn: a deliberate bind (a container) must not fail
+            # the user's test suite where warnings are errors.
+            log.warning(
+                "simulator listening on %s: reachable from other hosts, and it accepts any "
+                "API key and serves its uploads to anyone who asks",
+                ", ".join(exposed),
+            )
         return self.url
 
     async def aclose(self) -> None:
@@ -463,7 +489,7 @@ class Simulator:
         if not self._create_window.admit(self.config.create_limit, time.monotonic()):
             return self._limited()
         try:
-            body = await request.json()
+            body = await _json_body(request)
             edit, callback = parse_create_body(body)
         except InvalidRequest as e:
             return _answer(422, str(e))
@@ -523,7 +549,8 @@ class Simulator:
 
     async def _file(self, request: web.Request) -> web.Response:
         task = self.tasks.get(request.match_info["task_id"])
-        n = int(request.match_info["n"]) if request.match_info["n"].isdigit() else -1
+        digits = request.match_info["n"]
+        n = int(digits) if digits.isascii() and digits.isdigit() else -1  # '²'.isdigit() holds
         if task is None or not 0 <= n < task.images:
             return web.Response(status=404, text="no such file")
         if self.config.file_status != 200:
@@ -555,7 +582,7 @@ class Simulator:
                     fields.setdefault("fileName", part.filename or "")
                 elif part.name:
                     fields[part.name] = (await part.read()).decode("utf-8", "replace")
-        except (ValueError, AssertionError) as e:
+        except (ValueError, AssertionError, *_UNREADABLE) as e:
             return _answer(400, f"bad multipart body: {e}")
         if (faulty := self._upload_fault()) is not None:
             return faulty
@@ -568,7 +595,7 @@ class Simulator:
             return gated
         self.stats.upload_requests += 1
         try:
-            body = await request.json()
+            body = await _json_body(request)
             encoded = str(body["base64Data"]).split(",", 1)[-1]
             data = base64.b64decode(encoded, validate=True)
         except (ValueError, KeyError, TypeError) as e:
@@ -601,8 +628,8 @@ class Simulator:
     def _store_upload(
         self, request: web.Request, data: bytes, folder: str, name: object
     ) -> web.Response:
-        if not data or not folder or folder != folder.strip("/") or "/" in folder:
-            return _answer(400, "file and uploadPath (no slashes at the ends) are required")
+        if not data or not folder or "/" in folder or folder.startswith("."):
+            return _answer(400, "file and uploadPath (one folder, no slash, no dot first) required")
         name = str(name) if name else f"upload_{next(self._ids)}"
         if "/" in name or name.startswith("."):
             return _answer(400, "bad fileName")
@@ -676,8 +703,46 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON; ``ValueError`` for any body that is not (nested too deeply too)."""
+    try:
+        return await request.json()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except (web.RequestPayloadError, HttpProcessingError) as e:  # say, a broken gzip body
+        raise ValueError(f"unreadable body: {e}") from None
+
+
 def _answer(code: int, msg: str, data: object = None) -> web.Response:
     return web.Response(body=envelope(code, msg, data), content_type="application/json")
+
+
+class _ClientFaultsAreNoCrash(logging.Filter):
+    """A request aiohttp refused as malformed (a 400: bad header bytes, a broken gzip body)
+    is the client's fault: one INFO line without a traceback. Anything else stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, web.RequestPayloadError | HttpProcessingError) and (
+            not isinstance(fault, HttpProcessingError) or 400 <= fault.code < 500
+        ):
+            record.msg = f"{record.getMessage()}: {fault}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+#: The simulator's own logger for aiohttp's protocol errors (never aiohttp's, which is shared).
+_http_log = logging.getLogger("seedream_async.simulator.http")
+_http_log.addFilter(_ClientFaultsAreNoCrash())
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or a socket path: nothing another host can reach by IP
+        return True
 
 
 def _wall_ms() -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import struct
 import subprocess
 import sys
@@ -10,7 +13,9 @@ import zlib
 from pathlib import Path
 
 import aiohttp
+import attrs
 import pytest
+from yarl import URL
 
 import seedream_async
 from seedream_async import EditRequest, EditResult, NotFound, SeedreamClient, Settings
@@ -101,3 +106,136 @@ async def test_finished_tasks_are_forgotten_after_their_ttl() -> None:
         assert sim.stats.tasks_created == 2
         with pytest.raises(NotFound):
             await client.get_task(first.task_id)
+
+
+HEADERS = {"Authorization": "Bearer k", "User-Agent": "test"}
+STREAM = "/file-upload/api/file-stream-upload"
+BASE64 = "/file-upload/api/file-base64-upload"
+
+
+def _no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    logged = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert logged == [], [r.getMessage() for r in logged]
+
+
+async def _post(sim: Simulator, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    headers = {**HEADERS, "Content-Type": content_type}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(sim.url.with_path(path), data=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.read()
+
+
+async def test_a_file_number_in_non_ascii_digits_is_a_404(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`'²'.isdigit()` holds and `int('²')` raises: the file route answered 500."""
+    task_id = (await sim_client_task(sim)).task_id
+    async with aiohttp.ClientSession() as session:
+        for n in ("%C2%B2", "%D9%A1", "%EF%BC%91", "0"):
+            url = sim.url.with_path(f"/files/{task_id}/{n}.png", encoded=True)
+            async with session.get(url) as resp:
+                assert resp.status == (200 if n == "0" else 404)
+    _no_traceback(caplog)
+
+
+async def sim_client_task(sim: Simulator) -> EditResult:
+    settings = attrs.evolve(FAST, allow_private_downloads=True)
+    async with SeedreamClient(API_KEY, base_url=sim.url, settings=settings) as client:
+        return await client.edit(request(0))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/createTask", BASE64])
+async def test_json_nested_100_000_deep_is_a_400(
+    sim: Simulator, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    status, body = await _post(sim, path, b"[" * 100_000, "application/json")
+    assert status == 200
+    assert json.loads(body)["code"] == 400
+    assert sim.stats.tasks_created == 0
+    _no_traceback(caplog)
+
+
+@pytest.mark.parametrize(
+    "part_head",
+    [
+        b"Broken header line",  # no colon: aiohttp's InvalidHeader
+        b'Content-Disposition: form-data; name="file"; filename=',  # a bad disposition
+        b"Content-Disposition: \xff\xfe",
+    ],
+    ids=["no-colon", "bad-disposition", "not-utf8"],
+)
+async def test_a_multipart_upload_with_a_malformed_part_header_is_a_400(
+    sim: Simulator, caplog: pytest.LogCaptureFixture, part_head: bytes
+) -> None:
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        + part_head
+        + b"\r\n\r\n\x89PNG\r\n\x1a\nxx\r\n--XX--\r\n"
+    )
+    status, answer = await _post(sim, STREAM, body, "multipart/form-data; boundary=XX")
+    assert status in {200, 400}
+    if status == 200:
+        assert json.loads(answer)["code"] == 400
+    assert sim.stats.uploads == 0
+    _no_traceback(caplog)
+
+
+@pytest.mark.parametrize("folder", ["..", "../x", "a/../b", "/abs", "/", ".", "x/..", "%2e%2e"])
+@pytest.mark.parametrize("path", [STREAM, BASE64])
+async def test_an_upload_path_that_climbs_or_is_absolute_is_refused(
+    sim: Simulator, folder: str, path: str
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    if path == STREAM:
+        form = aiohttp.FormData()
+        form.add_field("uploadPath", folder)
+        form.add_field("file", png, filename="a.png", content_type="image/png")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(sim.url.with_path(path), data=form, headers=HEADERS) as resp,
+        ):
+            answer = await resp.json()
+    else:
+        data = "data:image/png;base64," + base64.b64encode(png).decode()
+        body = json.dumps({"base64Data": data, "uploadPath": folder, "fileName": "a.png"})
+        answer = json.loads((await _post(sim, path, body.encode(), "application/json"))[1])
+    if folder == "%2e%2e":  # a name of its own, not a climb: kept under /uploads/
+        assert answer["code"] == 200
+        assert URL(answer["data"]["downloadUrl"]).path.startswith("/uploads/")
+        return
+    assert answer["code"] == 400
+    assert answer["data"] is None
+    assert sim.uploaded == {}
+
+
+async def test_binding_every_interface_warns(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "seedream_async.simulator")
+    async with Simulator() as quiet:
+        assert quiet.url.host == "127.0.0.1"
+    assert caplog.records == []
+    sim = Simulator()
+    try:
+        await sim.start("0.0.0.0", 0)  # noqa: S104 (the warning under test)
+    finally:
+        await sim.aclose()
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "0.0.0.0" in record.getMessage()  # noqa: S104 (the address it names)
+    assert "any API key" in record.getMessage()
+
+
+async def test_the_command_line_warns_when_bound_to_every_interface() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "seedream_async.simulator", "--host", "0.0.0.0",  # noqa: S104
+        "--port", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert "serving on" in line
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    assert "reachable from other hosts" in err.decode()
