@@ -83,6 +83,7 @@ class SeedreamClient:
         self._owns_receiver = False
         self._state = ClientState.UNOPENED
         self._entered = False
+        self._coordinator_started = False
         self._start_lock = asyncio.Lock()
         self._coordinator: Coordinator = coordinator or LocalCoordinator()
         self._tracker = Tracker(settings, callbacks, self._coordinator, Telemetry(hooks))
@@ -154,6 +155,7 @@ class SeedreamClient:
             if isinstance(self._coordinator, AccountBound):
                 self._coordinator.use_api_key(self._api_key)
             await self._coordinator.start(self._tracker.lifecycle)
+            self._coordinator_started = True
             limiters = self._coordinator.limiters(self.settings)
             transport = Transport(
                 session,
@@ -166,7 +168,7 @@ class SeedreamClient:
             uploader = Uploader(session, self.base_url, self._api_key, self.settings)
             self._tracker.start(transport, session, uploader)
         except BaseException:
-            await self._coordinator.aclose()
+            await self._close_coordinator()
             if self._owns_receiver and receiver is not None:
                 self._owns_receiver = False
                 await receiver.aclose()
@@ -184,10 +186,18 @@ class SeedreamClient:
         self._tracker.close()  # at once: nothing queued goes out from here on
         async with self._start_lock:  # a start under way finishes first, then is undone
             await self._tracker.aclose()
+            await self._close_coordinator()
             if self._owns_receiver and self._receiver is not None:
                 await self._receiver.aclose()
             if self._owns_session and self._session is not None:
                 await self._session.close()
+
+    async def _close_coordinator(self) -> None:
+        """Close the coordinator only if this client started it: one that refused to start
+        (it serves another client) belongs to that client."""
+        if self._coordinator_started:
+            self._coordinator_started = False
+            await self._coordinator.aclose()
 
     # --- the raw endpoints ----------------------------------------------------------------
 

@@ -170,7 +170,8 @@ class Tracker:
             self.transport.close()
 
     async def aclose(self) -> None:
-        """``close``, then stop every background task, the poller and the downloader."""
+        """``close``, then stop every background task, the poller and the downloader (the
+        client closes the coordinator: only one it started)."""
         self.close()
         for task in list(self._background):
             task.cancel()
@@ -181,7 +182,6 @@ class Tracker:
             self.receiver.detach(self.lifecycle)
         if self.downloader is not None:
             await self.downloader.aclose()
-        await self.coordinator.aclose()
 
     def new_token(self) -> str | None:
         """A fresh callback token, or None when nothing can call back."""

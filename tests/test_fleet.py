@@ -20,6 +20,7 @@ from seedream_async import (
     CallbackReceiver,
     CoordinatorUnavailable,
     EditResult,
+    InvalidRequest,
     RateLimited,
     RedisCoordinator,
     SeedreamClient,
@@ -828,3 +829,19 @@ async def test_a_process_resuming_tasks_refuses_forged_records_and_polls(
     for task_id in ids:
         assert heir.urls[task_id] == [str(u) for u in sim.record(task_id).result_urls]
     assert sim.stats.polls >= 3
+
+
+async def test_a_coordinator_refused_by_a_second_client_still_serves_the_first(
+    sim: Simulator, redis_server: RedisServer, namespace: str
+) -> None:
+    """Handing one coordinator to two clients is refused, and the refusal closes nothing."""
+    coordinator = RedisCoordinator(redis_server.url, namespace=namespace)
+    first = SeedreamClient(API_KEY, base_url=sim.url, coordinator=coordinator, settings=FAST)
+    second = SeedreamClient(API_KEY, base_url=sim.url, coordinator=coordinator, settings=FAST)
+    async with first:
+        await first.credits()
+        with pytest.raises(InvalidRequest, match="already serves another client"):
+            await second.credits()
+        await second.aclose()
+        result = await asyncio.wait_for(first.edit(request(1)), 10)
+        assert result.urls
