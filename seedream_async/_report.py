@@ -385,16 +385,18 @@ class Page:
     html: str
 
 
-def page_names(stem: str, count: int) -> list[str]:
-    """``report.html``, ``report-2.html``, ...: one name per page."""
-    return [f"{stem}.html" if n == 0 else f"{stem}-{n + 1}.html" for n in range(max(count, 1))]
+def page_names(first: str, count: int) -> list[str]:
+    """``first`` (say ``report.html``), then ``report-2.html``, ...: one name per page."""
+    stem, dot, suffix = first.rpartition(".")
+    stem, suffix = (stem, f".{suffix}") if dot and stem else (first, ".html")
+    return [first] + [f"{stem}-{n + 1}{suffix}" for n in range(1, max(count, 1))]
 
 
 def render(
     rows: Sequence[Row],
     summary: Summary,
     *,
-    stem: str,
+    first: str,
     image: Any,
     title: str,
     pillow: bool,
@@ -402,7 +404,7 @@ def render(
     """Every page of the report; ``image(source)`` gives one image's HTML."""
     ordered = sorted(rows, key=lambda r: r.rank)
     chunks = [ordered[i : i + PAGE_SIZE] for i in range(0, len(ordered), PAGE_SIZE)] or [[]]
-    names = page_names(stem, len(chunks))
+    names = page_names(first, len(chunks))
     first_page: dict[str, int] = {}
     for number, chunk in enumerate(chunks):
         for row in chunk:
@@ -465,14 +467,14 @@ def _nav(summary: Summary, names: Sequence[str], first_page: Mapping[str, int], 
     pages = ""
     if len(names) > 1:
         pages = " pages: " + " ".join(
-            f"<b>{n + 1}</b>" if n == here else f'<a href="{_e(name)}">{n + 1}</a>'
+            f"<b>{n + 1}</b>" if n == here else f'<a href="{_e(quote(name))}">{n + 1}</a>'
             for n, name in enumerate(names)
         )
     return f"<nav>show: {filters}{pages}</nav>"
 
 
 def _target(names: Sequence[str], page: int, here: int) -> str:
-    return "" if page == here else names[page]
+    return "" if page == here else quote(names[page])
 
 
 def _cards(rows: Sequence[Row], image: Any) -> str:
@@ -601,7 +603,9 @@ def write_report(
     thumbs = Thumbnailer(out.parent / f"{stem}_files")
     images = _Images(thumbs, [Path.cwd(), *bases])
     thumbs.prepare(images.local_files(rows))
-    pages = render(rows, summary, stem=stem, image=images, title=title, pillow=thumbs.available)
+    pages = render(
+        rows, summary, first=out.name, image=images, title=title, pillow=thumbs.available
+    )
     written = []
     for page in pages:
         target = out.parent / page.name

@@ -311,6 +311,17 @@ def check_output(out: Path, download_to: str | None) -> None:
         raise UsageError(f"--download-to {download_to} exists and is not a directory")
 
 
+def check_page(page: Path, flag: str) -> None:
+    """Refuse a report page that cannot be written (before anything is paid for)."""
+    parent = page.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if page.is_dir():
+        raise UsageError(f"{flag} {page} is a directory")
+    if not os.access(parent, os.W_OK) or (page.exists() and not os.access(page, os.W_OK)):
+        raise UsageError(f"{flag} {page} is not writable")
+
+
 # --- the client and the simulator -----------------------------------------------------------
 
 
@@ -385,6 +396,8 @@ async def cmd_batch(args: argparse.Namespace) -> int:
         resolve_api_key(None)  # a missing key: exit 2 now, not after the journal exists
     out = Path(args.out or _default_out(source, images=args.images is not None))
     check_output(out, args.download_to)
+    if args.report:
+        check_page(Path(args.report), "--report")
     journal = args.journal
     if journal is None and not args.simulate:
         journal = str(out.with_suffix(".journal"))
@@ -675,8 +688,7 @@ def _write_report(results: Path, out_arg: str | None) -> Written:
     except OSError as e:
         raise UsageError(f"cannot read results {results}: {e.strerror or e}") from e
     out = Path(out_arg or results.with_suffix(".html").name)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a directory")
+    check_page(out, "--out")
     return write_report(lines, out, bad_lines=bad, bases=[results.parent], title=results.name)
 
 

@@ -217,3 +217,25 @@ def test_results_lines_carry_what_the_report_shows(tmp_path: Path) -> None:
     assert run(*args, "--create-rate", "100/1") == 0
     for entry in map(json.loads, out.read_text().splitlines()):
         assert {"aspect_ratio", "quality", "model", "created", "completed", "at"} <= set(entry)
+
+
+def test_a_page_that_cannot_be_written_is_refused_before_anything_is_paid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = small_manifest(tmp_path / "m.jsonl", 2)
+    out = tmp_path / "r.jsonl"
+    (tmp_path / "page").mkdir()
+    args = ["batch", str(manifest), "--simulate", "--out", str(out), "-q"]
+    assert run(*args, "--report", str(tmp_path / "page")) == 2
+    assert "--report" in capsys.readouterr().err
+    assert not out.exists()  # nothing ran
+    results = results_file(tmp_path / "done.jsonl", [line(0)])
+    assert run("report", str(results), "--out", str(tmp_path / "page")) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_pages_are_named_after_the_page_asked_for(tmp_path: Path) -> None:
+    lines = [line(n) for n in range(PAGE_SIZE + 1)]
+    written = write_report(lines, tmp_path / "my sheet#1")
+    assert [p.name for p in written.pages] == ["my sheet#1", "my sheet#1-2.html"]
+    assert 'href="my%20sheet%231-2.html"' in written.pages[0].read_text()
