@@ -368,6 +368,22 @@ class JobRequest:
         return hashlib.sha256(canonical_json([self.model, self.input])).hexdigest()
 
 
+_ENUMS: dict[str, type[enum.Enum]] = {
+    cls.__name__: cls for cls in (AspectRatio, Quality, OutputFormat, ImageSize, ImageResolution)
+}
+
+
+def _choices(field: attrs.Attribute[Any]) -> list[str] | None:
+    kind = _ENUMS.get(str(field.type).split(" ")[0])
+    return None if kind is None else [str(member.value) for member in kind]
+
+
+def _plain(default: object) -> object:
+    if default is attrs.NOTHING:
+        return None
+    return default.value if isinstance(default, enum.Enum) else default
+
+
 # --- the registry -----------------------------------------------------------------------
 
 Kind = Literal["edit", "text to image"]
@@ -386,11 +402,26 @@ class ModelSpec:
     price_key: str
     #: The docs page of its family.
     family: str
+    #: Each limited field's rule, in words (``seedream-async models`` shows them).
+    limits: Mapping[str, str] = attrs.field(factory=dict)
 
     def parse(self, task_input: Mapping[str, Any]) -> TaskRequest:
         """Its request from a createTask ``input`` (the simulator's side); unknown keys go to
         ``extra_input``; ``InvalidRequest`` names a missing or bad field."""
         return cast("type[_TypedRequest]", self.request).from_input(task_input)
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Each field's rules as data: name, required, default, choices, limits."""
+        return [
+            {
+                "name": f.name,
+                "required": f.default is attrs.NOTHING,
+                "default": _plain(f.default),
+                "choices": _choices(f),
+                "limits": self.limits.get(f.name),
+            }
+            for f in self.fields
+        ]
 
     @property
     def fields(self) -> tuple[attrs.Attribute[Any], ...]:
@@ -400,23 +431,35 @@ class ModelSpec:
         return tuple(f for f in every if f.name in names)
 
 
+_IMAGES = "JPEG, PNG or WebP of at most 10 MB each: URLs, or local files (uploaded)"
 _SPECS = (
     ModelSpec(model=MODEL, request=EditRequest, kind="edit", takes_images=True,
-              price_key="seedream-4.5", family="seedream-4.5"),
+              price_key="seedream-4.5", family="seedream-4.5",
+              limits={"prompt": "1 to 3000 characters", "image_urls": f"1 to 14; {_IMAGES}",
+                      "quality": "basic is 2K, high 4K"}),
     ModelSpec(model=TextToImageRequest.model, request=TextToImageRequest, kind="text to image",
-              takes_images=False, price_key="seedream-4.5", family="seedream-4.5"),
+              takes_images=False, price_key="seedream-4.5", family="seedream-4.5",
+              limits={"prompt": "1 to 3000 characters", "quality": "basic is 2K, high 4K"}),
     ModelSpec(model=Seedream5LiteRequest.model, request=Seedream5LiteRequest,
               kind="text to image", takes_images=False, price_key="seedream-5-lite",
-              family="seedream-5"),
+              family="seedream-5",
+              limits={"prompt": "3 to 3000 characters", "quality": "basic is 2K, high 3K"}),
     ModelSpec(model=Seedream5LiteEditRequest.model, request=Seedream5LiteEditRequest,
-              kind="edit", takes_images=True, price_key="seedream-5-lite", family="seedream-5"),
+              kind="edit", takes_images=True, price_key="seedream-5-lite", family="seedream-5",
+              limits={"prompt": "3 to 3000 characters", "image_urls": f"1 to 14; {_IMAGES}",
+                      "quality": "basic is 2K, high 3K"}),
     ModelSpec(model=Seedream5ProRequest.model, request=Seedream5ProRequest,
               kind="text to image", takes_images=False, price_key="seedream-5-pro",
-              family="seedream-5"),
+              family="seedream-5",
+              limits={"prompt": "3 to 5000 characters", "quality": "basic is 1K, high 2K"}),
     ModelSpec(model=SeedreamV4Request.model, request=SeedreamV4Request, kind="text to image",
-              takes_images=False, price_key="seedream-v4", family="seedream-v4"),
+              takes_images=False, price_key="seedream-v4", family="seedream-v4",
+              limits={"prompt": "1 to 5000 characters", "max_images": "1 to 6 result images",
+                      "seed": "a 32-bit integer"}),
     ModelSpec(model=SeedreamV4EditRequest.model, request=SeedreamV4EditRequest, kind="edit",
-              takes_images=True, price_key="seedream-v4", family="seedream-v4"),
+              takes_images=True, price_key="seedream-v4", family="seedream-v4",
+              limits={"prompt": "1 to 5000 characters", "image_urls": f"1 to 10; {_IMAGES}",
+                      "max_images": "1 to 6 result images", "seed": "a 32-bit integer"}),
 )  # fmt: skip
 #: Every typed model, by id.
 MODELS: Mapping[str, ModelSpec] = {spec.model: spec for spec in _SPECS}

@@ -31,6 +31,7 @@ import attrs
 from . import __version__
 from ._allocator import warm_allocator
 from ._batch import BatchItem, BatchProgress
+from ._catalog import MODELS, ModelSpec, typed_models
 from ._client import SeedreamClient
 from ._config import API_KEY_ENV, REDIS_URL_ENV, Settings, resolve_api_key, resolve_redis_url
 from ._downloads import Downloader
@@ -50,11 +51,11 @@ from ._journal import Journal, Stage
 from ._models import (
     MODEL,
     AspectRatio,
-    EditRequest,
     EditResult,
     LocalImage,
     Quality,
     TaskRecord,
+    TaskRequest,
 )
 from ._receiver import CallbackReceiver
 from ._redis import RedisCoordinator
@@ -74,7 +75,6 @@ from .simulator import add_arguments as add_simulator_arguments
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BUG = 70  # EX_SOFTWARE: an error the SDK did not expect
 DEFAULT_CREATE_RATE = (20, 10.0)
-MANIFEST_FIELDS = frozenset(("prompt", "image_urls", "aspect_ratio", "quality", "nsfw_checker"))
 
 EPILOG = f"""
 examples:
@@ -114,22 +114,28 @@ class ManifestError(UsageError):
         self.line = line
 
 
-def read_manifest(path: Path) -> Iterator[EditRequest]:
-    """Yield the manifest's requests lazily; ``UsageError`` names the first bad line."""
-    for item in _manifest_items(path):
+def read_manifest(path: Path, model: str = MODEL) -> Iterator[TaskRequest]:
+    """Yield the manifest's requests lazily; ``UsageError`` names the first bad line.
+
+    A line's ``"model"`` says which model it is for; ``model`` is for the lines without one."""
+    for item in _manifest_items(path, model):
         if isinstance(item, ManifestError):
             raise UsageError(f"{path}:{item}")
         yield item
 
 
-def _manifest_items(path: Path) -> Iterator[EditRequest | ManifestError]:
+def _manifest_items(path: Path, model: str = MODEL) -> Iterator[TaskRequest | ManifestError]:
     """Each line's request, or the error that line has (reading goes on after one)."""
     try:
         with path.open("rb") as f:
             lines = _decoded_lines(f)
             rows = _csv_rows(lines) if path.suffix.lower() == ".csv" else _jsonl_rows(lines)
             for line, fields in rows:
-                yield fields if isinstance(fields, ManifestError) else _request(line, fields, path)
+                yield (
+                    fields
+                    if isinstance(fields, ManifestError)
+                    else _request(line, fields, path, model)
+                )
     except OSError as e:
         raise UsageError(f"cannot read manifest {path}: {e.strerror or e}") from e
 
@@ -195,8 +201,9 @@ def _csv_rows(
 def _csv_fields(line: int, fields: dict[str, Any]) -> dict[str, Any] | ManifestError:
     if None in fields or any(isinstance(v, list) for v in fields.values()):
         return ManifestError(line, "more values than header columns")
-    urls = fields.get("image_urls", "")
-    fields["image_urls"] = [u for u in urls.replace("|", " ").split() if u]
+    if "image_urls" in fields:
+        urls = fields["image_urls"]
+        fields["image_urls"] = [u for u in urls.replace("|", " ").split() if u]
     if "nsfw_checker" in fields:
         flag = fields["nsfw_checker"].strip().lower()
         if flag not in _TRUE | _FALSE:
@@ -205,14 +212,30 @@ def _csv_fields(line: int, fields: dict[str, Any]) -> dict[str, Any] | ManifestE
     return fields
 
 
-def _request(line: int, fields: dict[str, Any], manifest: Path) -> EditRequest | ManifestError:
-    unknown = set(fields) - MANIFEST_FIELDS
+def _request(
+    line: int, fields: dict[str, Any], manifest: Path, default_model: str
+) -> TaskRequest | ManifestError:
+    model = fields.pop("model", default_model)
+    spec = MODELS.get(model) if isinstance(model, str) else None
+    if spec is None:
+        close = difflib.get_close_matches(str(model), list(MODELS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ManifestError(
+            line, f"model {model!r} is not a typed model{hint}; `seedream-async models` lists them"
+        )
+    names = [f.name for f in spec.fields]
+    unknown = set(fields) - {*names, "extra_input"}
     if unknown:
         hints = []
         for name in sorted(unknown):
-            close = difflib.get_close_matches(name, MANIFEST_FIELDS, n=1)
+            close = difflib.get_close_matches(name, names, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        return ManifestError(line, f"unknown field(s) {', '.join(hints)}")
+        return ManifestError(
+            line,
+            f"unknown field(s) {', '.join(hints)} for {spec.model} (its fields: "
+            f"{', '.join(names)}; extra_input for any other)",
+        )
+    _csv_numbers(spec, fields)
     urls = fields.get("image_urls")
     if isinstance(urls, list):
         # No URL scheme: a file, relative to the manifest (uploaded before createTask).
@@ -220,21 +243,31 @@ def _request(line: int, fields: dict[str, Any], manifest: Path) -> EditRequest |
             manifest.parent / u if isinstance(u, str) and u and "://" not in u else u for u in urls
         ]
     try:
-        return EditRequest(**fields)
+        return spec.request(**fields)
     except InvalidRequest as e:
-        return ManifestError(line, str(e))
+        rule = spec.limits.get(e.field)
+        return ManifestError(line, f"{e} ({spec.model}: {e.field} {rule})" if rule else str(e))
     except TypeError as e:
-        return ManifestError(line, str(e))
+        return ManifestError(line, f"{spec.model}: {e}")
 
 
-def check_manifest(path: Path) -> int:
+def _csv_numbers(spec: ModelSpec, fields: dict[str, Any]) -> None:
+    """A CSV cell is text: a whole-number field's digits become its number."""
+    for field in spec.fields:
+        value = fields.get(field.name)
+        if isinstance(value, str) and str(field.type).startswith("int"):
+            with contextlib.suppress(ValueError):
+                fields[field.name] = int(value)
+
+
+def check_manifest(path: Path, model: str = MODEL) -> int:
     """Validate every line before anything is paid for; report every bad line (up to a cap).
 
     Returns how many edits there are; streams, so a manifest of millions fits in memory.
     """
     count = 0
     errors: list[ManifestError] = []
-    for item in _manifest_items(path):
+    for item in _manifest_items(path, model):
         if isinstance(item, ManifestError):
             errors.append(item)
         else:
@@ -254,7 +287,37 @@ def check_manifest(path: Path) -> int:
 IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp"))
 
 
-def folder_requests(spec: str, prompt: str, aspect_ratio: str, quality: str) -> list[EditRequest]:
+def shaped_request(
+    model: str, prompt: str, images: Sequence[str | Path], aspect_ratio: str, quality: str
+) -> TaskRequest:
+    """``model``'s request from the command line's flags (the shape, where the model has one)."""
+    spec = model_for(model)
+    if spec.takes_images != bool(images):
+        need = "needs input images (--image)" if spec.takes_images else "takes no input images"
+        raise UsageError(f"--model {model} {need}")
+    names = {f.name for f in spec.fields}
+    fields: dict[str, Any] = {"prompt": prompt}
+    if images:  # no URL scheme: a local file (uploaded before createTask)
+        fields["image_urls"] = [Path(i) if "://" not in str(i) else i for i in images]
+    for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)):
+        if name in names:
+            fields[name] = value
+    return spec.request(**fields)
+
+
+def model_for(model: str) -> ModelSpec:
+    """The spec of ``--model``; ``UsageError`` with the closest typed id otherwise."""
+    spec = MODELS.get(model)
+    if spec is None:
+        close = difflib.get_close_matches(model, list(MODELS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"--model {model!r} is not a typed model; {hint}`seedream-async models`")
+    return spec
+
+
+def folder_requests(
+    spec: str, prompt: str, aspect_ratio: str, quality: str, model: str = MODEL
+) -> list[TaskRequest]:
     """One edit per image: every JPEG/PNG/WebP file in a folder, or every file a glob matches."""
     where = Path(spec)
     if where.is_dir():
@@ -270,11 +333,7 @@ def folder_requests(spec: str, prompt: str, aspect_ratio: str, quality: str) -> 
     requests, errors = [], []
     for file in files:
         try:
-            requests.append(
-                EditRequest(
-                    prompt=prompt, image_urls=[file], aspect_ratio=aspect_ratio, quality=quality
-                )
-            )
+            requests.append(shaped_request(model, prompt, [file], aspect_ratio, quality))
         except InvalidRequest as e:
             errors.append(e.message)
     if errors:
@@ -283,7 +342,7 @@ def folder_requests(spec: str, prompt: str, aspect_ratio: str, quality: str) -> 
     return requests
 
 
-def check_journal(path: Path, requests: Iterable[EditRequest], *, simulate: bool) -> None:
+def check_journal(path: Path, requests: Iterable[TaskRequest], *, simulate: bool) -> None:
     """Refuse, before anything is written, a journal that is busy, damaged or another batch's,
     or (with ``--simulate``) one whose tasks only an earlier run's simulator knew."""
     with Journal(path) as journal:
@@ -450,19 +509,26 @@ def _default_out(source: str, *, images: bool) -> str:
     return f"{folder.resolve().name or 'images'}.results.jsonl"
 
 
-def _inputs(args: argparse.Namespace) -> tuple[str, int, Callable[[], Iterator[EditRequest]]]:
+def _inputs(args: argparse.Namespace) -> tuple[str, int, Callable[[], Iterator[TaskRequest]]]:
     """What to edit: a manifest (streamed) or ``--images`` with one ``--prompt``, checked."""
     if (args.manifest is None) == (args.images is None):
         raise UsageError("give a MANIFEST or --images DIR_OR_GLOB (with --prompt), not both")
     if args.images is not None:
         if not args.prompt:
             raise UsageError("--images needs --prompt, the edit to make to every image")
-        edits = folder_requests(args.images, args.prompt, args.aspect_ratio, args.quality)
+        edits = folder_requests(
+            args.images, args.prompt, args.aspect_ratio, args.quality, args.model
+        )
         return args.images, len(edits), lambda: iter(edits)
     if args.prompt:
         raise UsageError("--prompt goes with --images; a manifest has a prompt per line")
     manifest = Path(args.manifest)
-    return args.manifest, check_manifest(manifest), lambda: read_manifest(manifest)
+    model_for(args.model)
+    return (
+        args.manifest,
+        check_manifest(manifest, args.model),
+        lambda: read_manifest(manifest, args.model),
+    )
 
 
 class _Results:
@@ -630,11 +696,8 @@ def _summary(progress: BatchProgress, out: Path, images: str | None, console: An
 async def cmd_edit(args: argparse.Namespace) -> int:
     """One edit; print its result as JSON."""
     try:
-        request = EditRequest(
-            prompt=args.prompt,
-            image_urls=args.image,
-            aspect_ratio=args.aspect_ratio,
-            quality=args.quality,
+        request = shaped_request(
+            args.model, args.prompt, args.image or [], args.aspect_ratio, args.quality
         )
     except InvalidRequest as e:
         raise UsageError(str(e)) from e
@@ -650,6 +713,41 @@ def _result_json(result: EditResult, files: Sequence[Path]) -> dict[str, Any]:
     if files:
         line["files"] = [str(f) for f in files]
     return line
+
+
+async def cmd_models(args: argparse.Namespace) -> int:
+    """List the typed models with their fields, limits and defaults."""
+    listed: list[dict[str, Any]] = [
+        {
+            "model": spec.model,
+            "kind": spec.kind,
+            "request": spec.request.__name__,
+            "takes_images": spec.takes_images,
+            "price_key": spec.price_key,
+            "fields": spec.rules(),
+        }
+        for spec in typed_models()
+    ]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return EXIT_OK
+    for model in listed:
+        print(f"{model['model']}  ({model['kind']}, {model['request']})")
+        for rule in model["fields"]:
+            print("  " + _rule_text(rule))
+    print("Any other model id: JobRequest(model=..., input={...}) in Python.")
+    return EXIT_OK
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    parts = [f"{rule['name']:<17}", "required" if rule["required"] else "optional"]
+    if rule["default"] is not None:
+        parts.append(f"default {rule['default']}")
+    if rule["choices"]:
+        parts.append("one of " + " ".join(rule["choices"]))
+    if rule["limits"]:
+        parts.append(rule["limits"])
+    return "  ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if parts[2:] else "")
 
 
 async def cmd_task(args: argparse.Namespace) -> int:
@@ -836,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
         " go to DIR.results.jsonl here (the folder's, or the glob's folder's, name) unless --out",
     )
     batch.add_argument("--prompt", help="with --images: the edit to make to every image")
+    _model_argument(batch, 'the model of manifest lines without a "model" (and of --images)')
     _shape_arguments(batch, "with --images: ")
     batch.add_argument(
         "--out", help="results JSONL (default: MANIFEST.results.jsonl, or DIR.results.jsonl)"
@@ -854,17 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(run=cmd_batch)
 
-    edit = sub.add_parser("edit", parents=[service, submitting], help="one edit, result as JSON")
-    edit.add_argument("--prompt", required=True, help="the edit to make")
-    edit.add_argument(
-        "--image",
-        action="append",
-        required=True,
-        help="an input image URL (repeatable, up to 14)",
-    )
-    _shape_arguments(edit, "")
-    edit.add_argument("--download-to", metavar="DIR", help="save the result images here")
-    edit.set_defaults(run=cmd_edit)
+    _add_edit_command(sub, [service, submitting])
 
     task = sub.add_parser("task", parents=[service], help="a task's status as JSON")
     task.add_argument("task_id", help="the id createTask answered (task_...)")
@@ -876,6 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     credit.set_defaults(run=cmd_credits)
     _add_report_commands(sub)
+    _add_models_command(sub)
 
     simulate = sub.add_parser(
         "simulate",
@@ -885,6 +975,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(simulate)
     simulate.set_defaults(run=None, simulate=False, verbose=False)
     return parser
+
+
+def _add_edit_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    edit = sub.add_parser("edit", parents=parents, help="one edit, result as JSON")
+    edit.add_argument("--prompt", required=True, help="the edit to make")
+    edit.add_argument(
+        "--image",
+        action="append",
+        help="an input image URL or file (repeatable; up to 14 for the default model)",
+    )
+    _model_argument(edit, "the model (a text-to-image one takes no --image)")
+    _shape_arguments(edit, "")
+    edit.add_argument("--download-to", metavar="DIR", help="save the result images here")
+    edit.set_defaults(run=cmd_edit)
+
+
+def _add_models_command(sub: Any) -> None:
+    models = sub.add_parser("models", help="the typed models: their fields, limits and defaults")
+    models.add_argument("--json", action="store_true", help="as JSON")
+    models.set_defaults(run=cmd_models, simulate=False, verbose=False)
 
 
 def _add_report_commands(sub: Any) -> None:
@@ -916,6 +1026,15 @@ def _shape_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
         default="basic",
         choices=[q.value for q in Quality],
         help=f"{scope}basic (2K) or high (4K) (default basic)",
+    )
+
+
+def _model_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--model",
+        default=MODEL,
+        metavar="MODEL",
+        help=f"{what} (default {MODEL}; `seedream-async models` lists them)",
     )
 
 

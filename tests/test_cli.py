@@ -347,7 +347,16 @@ def test_commands_take_only_their_flags(capsys: pytest.CaptureFixture[str]) -> N
     assert run("task", "--simulate", "--create-rate", "1/1", "t") == 2
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"batch", "edit", "task", "credits", "simulate", "report", "download"}
+    assert set(commands) == {
+        "batch",
+        "edit",
+        "task",
+        "credits",
+        "simulate",
+        "report",
+        "download",
+        "models",
+    }
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, (name, action.option_strings or action.dest)
