@@ -135,6 +135,9 @@ class SimulatorConfig:
     #: answers it an HTML 503, as an overloaded proxy would, so the client retries (a test
     #: may change the file here, between two attempts).
     upload_fault: Callable[[int], bool] | None = None
+    #: Told the size of each chunk of an upload's file as it arrives: a test can act while
+    #: an upload is on the wire.
+    upload_chunk_hook: Callable[[int], object] | None = None
     #: Seconds after a task ends that the simulator forgets it (None: never), and with it
     #: its per-request and per-callback counts: long runs stay bounded in memory.
     task_ttl: float | None = None
@@ -616,6 +619,8 @@ class Simulator:
             chunks.append(chunk)
             size += len(chunk)
             self.stats.upload_bytes_received += len(chunk)
+            if self.config.upload_chunk_hook is not None:
+                self.config.upload_chunk_hook(len(chunk))
         return b"".join(chunks)
 
     def _upload_fault(self) -> web.Response | None:

@@ -301,3 +301,26 @@ async def test_a_path_given_as_a_symlink_is_followed_once_when_checked(
     assert sim.stats.uploads == 1
     ((data, _),) = sim.uploaded.values()
     assert data == real.read_bytes()
+
+
+async def test_a_file_rewritten_while_it_is_sent_is_cut_off_unstored(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last chunk goes out only once the bytes sent hash to the checked content."""
+    file = image(tmp_path / "a.png", size=8 * 1024 * 1024)
+    rewritten: list[int] = []
+
+    def rewrite_the_end(_: int) -> None:
+        if not rewritten:  # the first bytes are in: the end of the file is not sent yet
+            with file.open("r+b") as f:
+                f.seek(-16, os.SEEK_END)
+                rewritten.append(f.write(b"\x00" * 16))
+
+    sim.config.upload_chunk_hook = rewrite_the_end
+    with pytest.raises(UploadChanged, match="while it was sent"):
+        await make_client().upload(file)
+    assert rewritten == [16]
+    assert sim.stats.uploads == 0
+    assert sim.stats.upload_bytes_received < 8 * 1024 * 1024
+    assert _open_on(file) == []
+    assert [r for r in caplog.records if r.exc_info] == []
