@@ -97,6 +97,13 @@ class Row:
     #: When the line was written (Unix seconds).
     at: float | None = None
     from_journal: bool = False
+    #: Sent by an interrupted earlier run, tracked to its end by this one.
+    resumed: bool = False
+
+    @property
+    def paid_earlier(self) -> bool:
+        """True when its credits were spent by an earlier run (as the batch's summary counts)."""
+        return self.from_journal or self.resumed
 
     @classmethod
     def of(cls, line: Mapping[str, Any]) -> Row:
@@ -121,6 +128,7 @@ class Row:
             completed=_when(line, "completed"),
             at=_number(line, "at"),
             from_journal=line.get("from_journal") is True,
+            resumed=line.get("resumed") is True,
         )
 
     @property
@@ -191,8 +199,8 @@ class Summary:
             counts=counts,
             done=len(rows),
             total=total,
-            credits=sum(r.credits or 0.0 for r in this_run),
-            credits_earlier=sum(r.credits or 0.0 for r in rows if r.from_journal),
+            credits=sum(r.credits or 0.0 for r in this_run if not r.resumed),
+            credits_earlier=sum(r.credits or 0.0 for r in rows if r.paid_earlier),
             credits_failed=sum(r.credits or 0.0 for r in rows if r.status != _LAST),
             wall=wall,
             this_run=len(this_run),
@@ -499,7 +507,7 @@ def card(row: Row, image: Any) -> str:
     if not row.files:
         outputs = [image(url, f"output {n + 1}") for n, url in enumerate(row.urls)]
     facts = [
-        ("status", row.status + (" (earlier run)" if row.from_journal else "")),
+        ("status", row.status + _provenance(row)),
         ("input", str(row.index) if row.index is not None else "?"),
         ("model", row.model or "?"),
         ("shape", f"{row.aspect_ratio or '?'} / {row.quality or '?'}"),
@@ -523,6 +531,12 @@ def card(row: Row, image: Any) -> str:
         f"<div>{''.join(outputs) or _placeholder('no result')}</div></div>"
         f'<p class="prompt">{_e(row.prompt or "")}</p><dl>{dl}</dl>{error}</article>'
     )
+
+
+def _provenance(row: Row) -> str:
+    if row.from_journal:
+        return " (earlier run)"
+    return " (sent by an earlier run)" if row.resumed else ""
 
 
 def _placeholder(text: str, title: str = "") -> str:

@@ -89,17 +89,19 @@ def test_header_counts_credits_and_time(tmp_path: Path) -> None:
         line(1, credits=1.25, at=1767225610.0),
         line(2, credits=2.5, from_journal=True),
         line(3, "failed", credits=0.5, at=1767225606.0),
+        line(4, credits=1.0, resumed=True, at=1767225604.0),
     ]
     page = write_report(lines, tmp_path / "r.html").pages[0].read_text()
     text = re.sub(r"<[^>]+>", "", page)
-    assert "results: 4" in text
-    assert "succeeded: 3" in text
+    assert "results: 5" in text
+    assert "succeeded: 4" in text
     assert "failed: 1" in text
     assert "credits, this run: 3" in text  # 1.25 + 1.25 + 0.5, the journal's excluded
-    assert "credits, earlier runs: 2.5" in text
+    assert "credits, earlier runs: 3.5" in text  # the journal's, and the resumed task's
     assert "credits charged for failures: 0.5" in text
     assert "wall time: 10.0 s" in text  # from the first creation to the last result
-    assert "throughput: 18.0 / min" in text  # 3 results of this run in 10 s
+    assert "throughput: 24.0 / min" in text  # 4 results of this run in 10 s
+    assert "(sent by an earlier run)" in page
     assert page.count("<polyline") == 2
 
 
