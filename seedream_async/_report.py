@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -385,6 +385,10 @@ def chart(rows: Sequence[Row], start: float | None, width: int = 600, height: in
     )
 
 
+#: One image of the results (a path or a URL) and its alt text, as HTML.
+ImageHtml = Callable[[str, str], str]
+
+
 @attrs.frozen(kw_only=True)
 class Page:
     """One page of the report: its file name and its HTML."""
@@ -405,11 +409,11 @@ def render(
     summary: Summary,
     *,
     first: str,
-    image: Any,
+    image: ImageHtml,
     title: str,
     pillow: bool,
 ) -> list[Page]:
-    """Every page of the report; ``image(source)`` gives one image's HTML."""
+    """Every page of the report; ``image(source, alt)`` gives one image's HTML."""
     ordered = sorted(rows, key=lambda r: r.rank)
     chunks = [ordered[i : i + PAGE_SIZE] for i in range(0, len(ordered), PAGE_SIZE)] or [[]]
     names = page_names(first, len(chunks))
@@ -485,7 +489,7 @@ def _target(names: Sequence[str], page: int, here: int) -> str:
     return "" if page == here else quote(names[page])
 
 
-def _cards(rows: Sequence[Row], image: Any) -> str:
+def _cards(rows: Sequence[Row], image: ImageHtml) -> str:
     parts: list[str] = []
     status = None
     for row in rows:
@@ -500,7 +504,7 @@ def _cards(rows: Sequence[Row], image: Any) -> str:
     return "".join(parts)
 
 
-def card(row: Row, image: Any) -> str:
+def card(row: Row, image: ImageHtml) -> str:
     """One input's card: its images before and after, the prompt and the facts."""
     inputs = "".join(image(source, f"input {n + 1}") for n, source in enumerate(row.inputs))
     outputs = [image(path, f"output {n + 1}") for n, path in enumerate(row.files)]
