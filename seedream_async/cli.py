@@ -215,6 +215,7 @@ def _csv_fields(line: int, fields: dict[str, Any]) -> dict[str, Any] | ManifestE
 def _request(
     line: int, fields: dict[str, Any], manifest: Path, default_model: str
 ) -> TaskRequest | ManifestError:
+    """The line's request, or one error naming every problem of the line (not the first)."""
     model = fields.pop("model", default_model)
     spec = MODELS.get(model) if isinstance(model, str) else None
     if spec is None:
@@ -224,31 +225,72 @@ def _request(
             line, f"model {model!r} is not a typed model{hint}; `seedream-async models` lists them"
         )
     names = [f.name for f in spec.fields]
-    unknown = set(fields) - {*names, "extra_input"}
-    if unknown:
+    problems = []
+    if unknown := set(fields) - {*names, "extra_input"}:
         hints = []
         for name in sorted(unknown):
             close = difflib.get_close_matches(name, names, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        return ManifestError(
-            line,
+        problems.append(
             f"unknown field(s) {', '.join(hints)} for {spec.model} (its fields: "
-            f"{', '.join(names)}; extra_input for any other)",
+            f"{', '.join(names)}; extra_input for any other)"
         )
-    _csv_numbers(spec, fields)
-    urls = fields.get("image_urls")
+    known = {name: value for name, value in fields.items() if name not in unknown}
+    _csv_numbers(spec, known)
+    urls = known.get("image_urls")
     if isinstance(urls, list):
         # No URL scheme: a file, relative to the manifest (uploaded before createTask).
-        fields["image_urls"] = [
+        known["image_urls"] = [
             manifest.parent / u if isinstance(u, str) and u and "://" not in u else u for u in urls
         ]
     try:
-        return spec.request(**fields)
-    except InvalidRequest as e:
-        rule = spec.limits.get(e.field)
-        return ManifestError(line, f"{e} ({spec.model}: {e.field} {rule})" if rule else str(e))
-    except TypeError as e:
-        return ManifestError(line, f"{spec.model}: {e}")
+        request = spec.request(**known)
+    except (InvalidRequest, TypeError) as e:
+        problems += _field_errors(spec, known) or [_explained(spec, e)]
+    else:
+        if not problems:
+            return request
+    return ManifestError(line, "; ".join(problems))
+
+
+#: Valid stand-ins for required fields, to go on checking the others when one is bad.
+_STAND_INS: dict[str, Any] = {"prompt": "p", "image_urls": ["https://example.com/a.png"]}
+
+
+def _field_errors(spec: ModelSpec, fields: dict[str, Any]) -> list[str]:
+    """Every field's error: each bad field is set aside in turn (its default, or a valid
+    stand-in if it has none) and the rest are checked again."""
+    required = {f.name for f in spec.fields if f.default is attrs.NOTHING}
+    missing = sorted(required - set(fields))
+    errors = [f"{name}: missing" for name in missing]
+    trial = {**{n: _STAND_INS[n] for n in missing if n in _STAND_INS}, **fields}
+    set_aside: set[str] = set()
+    while True:
+        try:
+            spec.request(**trial)
+        except InvalidRequest as e:
+            errors.append(_explained(spec, e))
+            if e.field in set_aside or e.field not in trial:
+                return errors
+            set_aside.add(e.field)
+            if e.field not in required:
+                del trial[e.field]
+            elif e.field in _STAND_INS:
+                trial[e.field] = _STAND_INS[e.field]
+            else:
+                return errors
+        except TypeError as e:
+            return errors or [_explained(spec, e)]
+        else:
+            return errors
+
+
+def _explained(spec: ModelSpec, e: Exception) -> str:
+    """A field's error with the model's rule for it (``seedream-async models`` lists them)."""
+    if not isinstance(e, InvalidRequest):
+        return f"{spec.model}: {e}"
+    rule = spec.limits.get(e.field)
+    return f"{e} ({spec.model}: {e.field} {rule})" if rule else str(e)
 
 
 def _csv_numbers(spec: ModelSpec, fields: dict[str, Any]) -> None:
