@@ -664,8 +664,8 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f}/s"),
-        TextColumn("in flight {task.fields[running]}"),
-        TextColumn("uploads {task.fields[uploads]}"),
+        # "uploads N" only once a local image was uploaded (never, for image URLs only).
+        TextColumn("in flight {task.fields[running]}{task.fields[uploads]}"),
         TextColumn("[red]failed {task.fields[failed]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -673,7 +673,7 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         console=console,
         refresh_per_second=5,
     )
-    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0, uploads=0)
+    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0, uploads="")
 
     def update() -> None:
         failed = progress.failed + progress.unknown + progress.errors
@@ -683,7 +683,7 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
             rate=progress.rate,
             running=progress.running,
             failed=failed,
-            uploads=progress.uploaded,
+            uploads=f" uploads {progress.uploaded}" if progress.uploaded else "",
         )
 
     with bar:
@@ -894,7 +894,7 @@ async def cmd_credits(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with a ``--help`` that teaches; each command takes only its flags."""
-    service = argparse.ArgumentParser(add_help=False)
+    service = _Parser(add_help=False)
     group = service.add_argument_group("service")
     group.add_argument(
         "--simulate",
@@ -909,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log each task's steps at INFO (submitted, accepted, resolved, downloaded)",
     )
 
-    submitting = argparse.ArgumentParser(add_help=False)
+    submitting = _Parser(add_help=False)
     group = submitting.add_argument_group("submitting")
     group.add_argument(
         "--listen", metavar="HOST:PORT", help="serve callbacks here (else tasks are polled)"
@@ -945,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --redis: the account's namespace in Redis (default seedream)",
     )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seedream-async",
         description="Edit images with Seedream 4.5 Edit on the Apikley jobs API.",
         epilog=EPILOG,
@@ -1053,6 +1053,15 @@ def _add_report_commands(sub: Any) -> None:
     download.add_argument("results", help="the results JSONL of a batch (its files are updated)")
     download.add_argument("--to", required=True, metavar="DIR", help="save the images here")
     download.set_defaults(run=cmd_download, simulate=False, verbose=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line that says where to read more (the usage block printed
+    first buried the useful line); each command's parser is one of these too."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with ``PROG: error: MESSAGE (see PROG --help)``."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shape_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
