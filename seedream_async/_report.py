@@ -652,7 +652,10 @@ class LiveReport:
         self._last: float | None = None
         #: Seconds the last rewrite took.
         self._took = 0.0
-        self._writing: asyncio.Task[Written] | None = None
+        #: Lines on the page now: a slow rewrite never replaces a newer one (lines only grow).
+        self._shown = -1
+        self._order = threading.Lock()
+        self._writing: asyncio.Task[Written | None] | None = None
         self.writes = 0
 
     def add(self, line: Mapping[str, Any]) -> None:
@@ -679,13 +682,20 @@ class LiveReport:
         """Write the (empty) page now, so it can be opened from the first second."""
         self._maybe_write()
 
-    async def _write(self) -> Written:
-        snapshot = list(self._lines)
+    async def _write(self) -> Written | None:
         started = self._loop.time()
-        written = await asyncio.to_thread(write_report, snapshot, self.out, total=self._total)
+        written = await asyncio.to_thread(self._write_lines, list(self._lines))
         self._took = self._loop.time() - started
-        self.writes += 1
         return written
+
+    def _write_lines(self, lines: list[Mapping[str, Any]]) -> Written | None:
+        with self._order:
+            if len(lines) < self._shown:
+                return None
+            written = write_report(lines, self.out, total=self._total)
+            self._shown = len(lines)
+            self.writes += 1
+            return written
 
     async def finish(self) -> Written:
         """Wait for a rewrite under way, then write the final page."""
@@ -693,8 +703,11 @@ class LiveReport:
             with contextlib.suppress(Exception):
                 await self._writing
             self._writing = None
-        written = await asyncio.to_thread(
-            write_report, list(self._lines), self.out, total=self._total
-        )
-        self.writes += 1
+        written = await asyncio.to_thread(self._write_lines, list(self._lines))
+        assert written is not None, "the last lines are the most lines"
         return written
+
+    def abandon(self) -> None:
+        """The batch stopped early (Ctrl-C, an error): write the page as far as it got, now,
+        blocking (the loop is being torn down; a rewrite under way is waited for)."""
+        self._write_lines(list(self._lines))

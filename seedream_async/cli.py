@@ -517,9 +517,11 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         await client.credits()  # fail fast, with one line, if the service is out of reach
         report = LiveReport(Path(args.report), total=total) if args.report else None
-        with _live_progress(progress, console, quiet=args.quiet), _Results(out) as results:
-            if report is not None:
-                report.start()
+        with (
+            _live_progress(progress, console, quiet=args.quiet),
+            _Results(out) as results,
+            _final_page(report),
+        ):
             async for item in client.edit_many(
                 inputs(),
                 journal=journal,
@@ -537,6 +539,20 @@ async def cmd_batch(args: argparse.Namespace) -> int:
     if written is not None:
         _print_report(written)
     return EXIT_OK if progress.succeeded == total else EXIT_FAILURES
+
+
+@contextlib.contextmanager
+def _final_page(report: LiveReport | None) -> Iterator[None]:
+    """Start the live page; if the batch stops early (Ctrl-C), leave it as far as it got."""
+    if report is None:
+        yield
+        return
+    report.start()
+    try:
+        yield
+    except BaseException:
+        report.abandon()
+        raise
 
 
 def _default_out(source: str, *, images: bool) -> str:

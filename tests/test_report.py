@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 
 from seedream_async._report import PAGE_SIZE, LiveReport, write_report
 from seedream_async.simulator import fake_png
-from tests.test_cli import run, small_manifest
+from tests.test_cli import _simulator, run, small_manifest
 
 HOSTILE = "<script>alert('x')</script>"
 
@@ -241,3 +243,38 @@ def test_pages_are_named_after_the_page_asked_for(tmp_path: Path) -> None:
     written = write_report(lines, tmp_path / "my sheet#1")
     assert [p.name for p in written.pages] == ["my sheet#1", "my sheet#1-2.html"]
     assert 'href="my%20sheet%231-2.html"' in written.pages[0].read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_page_as_far_as_the_batch_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIKLEY_API_KEY", "k")
+    manifest = small_manifest(tmp_path / "m.jsonl", 8)
+    out, report = tmp_path / "r.jsonl", tmp_path / "report.html"
+    sim, url = _simulator("--latency", "0.5", "20", "--no-create-limit", "--seed", "2")
+    argv = [sys.executable, "-m", "seedream_async.cli", "batch", str(manifest), "--base-url", url]
+    argv += ["--out", str(out), "--report", str(report), "--create-rate", "100/1", "-q"]
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # see test_cli
+    try:
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_text().count("\n") >= 1):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # another process's file: nothing to wait on but polling
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sim.terminate()
+        sim.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    written = [json.loads(x)["index"] for x in out.read_text().splitlines()]
+    assert 0 < len(written) < 8
+    assert sorted(int(i) for i, _ in cards(report.read_text())) == sorted(written)
+    assert f"results: {len(written)} of 8" in _text(report)
