@@ -30,6 +30,7 @@ from ._coordination import Coordinator, LocalCoordinator
 from ._errors import (
     ApiError,
     AuthenticationError,
+    BudgetExceeded,
     ClientAlreadyOpen,
     ClientClosed,
     CoordinatorUnavailable,
@@ -90,6 +91,7 @@ __all__ = [
     "AuthenticationError",
     "BatchItem",
     "BatchProgress",
+    "BudgetExceeded",
     "CallbackReceiver",
     "ClientAlreadyOpen",
     "ClientClosed",

@@ -164,6 +164,7 @@ class SeedreamClient:
                 self.settings,
                 limiters=limiters,
                 telemetry=self._tracker.telemetry,
+                account=self._tracker.account,
             )
             uploader = Uploader(session, self.base_url, self._api_key, self.settings)
             self._tracker.start(transport, session, uploader)

@@ -145,6 +145,14 @@ class Settings:
     upload_period: float = attrs.field(default=1.0, validator=_positive)
     #: An uploaded file is reused this long (sources say files live 24 h or 3 days).
     upload_reuse_for: float = attrs.field(default=20 * 3600.0, validator=_positive)
+    #: Seconds submissions wait out a maintenance (455) or an outage before they fail with
+    #: ``ServiceUnavailable`` (still unsent); the service is probed with the free credit call.
+    outage_patience: float = attrs.field(default=120.0, validator=_positive)
+    #: Answers in a row that are 5xx, timeouts or network failures: the service is down.
+    outage_after: int = attrs.field(default=5, validator=_at_least_one)
+    #: While credits (402) or a sub-key's cap (433) stop sending, the free credit call
+    #: re-checks the account at most this often (a top-up is noticed).
+    credit_recheck: float = attrs.field(default=30.0, validator=_positive)
 
 
 def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:

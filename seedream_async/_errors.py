@@ -16,13 +16,14 @@ of it)::
     │   ├── RequestRejected                400, 422
     │   ├── RateLimited                    429, with ``retry_after``
     │   ├── UsageLimitExceeded             433
-    │   ├── ServiceUnavailable             455
+    │   ├── ServiceUnavailable             455 (``retry_after``), or an outage outlasting patience
     │   ├── ServerError                    500, any other 5xx, a non-JSON answer, a network failure
     │   │   └── ServiceUnreachable (ConnectionError)  no connection could be opened to the URL
     │   └── FeatureDisabled                505
     ├── TaskFailed                         the task ended in state ``fail``
     ├── TaskTimeout (TimeoutError)         the task did not end before its deadline
     ├── SubmissionUnknown                  createTask may or may not have made a (paid) task
+    ├── BudgetExceeded                     a batch's budget has no room for one more task
     ├── JournalError                       a batch journal cannot be used
     │   ├── JournalMismatch (ValueError)   it belongs to other inputs
     │   └── JournalBusy                    another run holds it
@@ -123,7 +124,11 @@ class UsageLimitExceeded(ApiError):
 
 
 class ServiceUnavailable(ApiError):
-    """455: the service is under maintenance."""
+    """455: the service is under maintenance (or down longer than ``outage_patience``).
+
+    ``retry_after`` is in seconds when the service said."""
+
+    retry_after: float | None = None
 
 
 class ServerError(ApiError):
@@ -186,6 +191,19 @@ class SubmissionUnknown(SeedreamError):
         self.reason = reason
         self.request = request
         self.callback_url = callback_url
+
+
+class BudgetExceeded(SeedreamError):
+    """A batch's ``budget`` has no room for this task's price: it was not sent."""
+
+    def __init__(self, *, budget: float, committed: float, price: float) -> None:
+        super().__init__(
+            f"budget {budget:g} credits: {committed:g} spent or reserved, one more task costs"
+            f" {price:g}"
+        )
+        self.budget = budget
+        self.committed = committed
+        self.price = price
 
 
 class JournalError(SeedreamError):
@@ -276,4 +294,7 @@ def error_for_code(
             http_status=http_status,
             endpoint=endpoint,
         )
-    return cls(message, code=code, http_status=http_status, endpoint=endpoint)
+    error = cls(message, code=code, http_status=http_status, endpoint=endpoint)
+    if retry_after is not None and isinstance(error, ServiceUnavailable):
+        error.retry_after = retry_after
+    return error

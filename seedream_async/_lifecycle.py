@@ -45,6 +45,7 @@ from ._errors import (
     RequestRejected,
     SeedreamError,
     ServerError,
+    ServiceUnavailable,
     SubmissionUnknown,
     TaskFailed,
     TaskTimeout,
@@ -527,7 +528,8 @@ class Lifecycle:
         if isinstance(error, NotFound | RequestRejected):
             if self._now() - task.started < self.settings.visibility_grace:
                 return True  # not visible yet, right after create
-        elif isinstance(error, ServerError | RateLimited):
+        elif isinstance(error, ServerError | RateLimited | ServiceUnavailable):
+            # (maintenance or an outage: the task goes on at the service; ask again later)
             log.info("poll of %s failed (%s); will try again", task.task_id, error)
             return True
         elif not isinstance(error, ApiError):

@@ -19,6 +19,7 @@ import logging
 import math
 import random
 
+from ._account import Condition
 from ._config import Settings
 from ._coordination import Coordinator, LocalCoordinator
 from ._errors import ClientClosed, ServerError
@@ -239,6 +240,12 @@ class Poller:
         ):
             # Another process polls it now; its answer reaches us through the fleet.
             self._push(task, loop.time() + interval)
+            return
+        if (hold := self._transport.account.hold) is not None and hold.condition is (
+            Condition.KEY_REJECTED
+        ):
+            # The key is refused: asking again with it only repeats the 401.
+            self._lifecycle.poll_answer(task, None, hold.error("recordInfo", "not polled"))
             return
         try:
             record = await self._transport.get_record(task.task_id)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 
 import aiohttp
 
+from ._account import Account
 from ._config import Settings
 from ._coordination import Coordinator, LocalCoordinator
 from ._downloads import Downloader
@@ -108,6 +109,8 @@ class Tracker:
         self.receiver = receiver
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.slots = Slots(settings.max_in_flight)
+        #: The account's conditions (401, 402, 433, 455, an outage), shared by every submission.
+        self.account = Account(settings)
         confirm = receiver is not None and receiver.confirm_with_record_info
         self.lifecycle = Lifecycle(
             settings,
@@ -141,6 +144,7 @@ class Tracker:
             raise ClientClosed("this client is closed; make a new one")
         self.transport = transport
         self.uploader = uploader
+        self.account.start(transport.credits, self._account_work)
         self.poller = Poller(
             transport,
             self.lifecycle,
@@ -159,6 +163,9 @@ class Tracker:
         for task in self.lifecycle.live():  # resumed before the client was open
             if task.phase is Phase.ACCEPTED:
                 self.poller.watch(task, poll_now=True)
+
+    def _account_work(self, work: Coroutine[object, object, object]) -> None:
+        self.spawn(work, name="seedream-account")
 
     def close(self) -> None:
         """Final, and at once: every live task and every waiter gets ``ClientClosed``."""
@@ -218,7 +225,13 @@ class Tracker:
             token = self.new_token()  # (None when nothing can call back)
         # Local images become URLs first (nothing is paid for an upload): createTask only
         # ever sees http(s), and a slow upload never holds an in-flight slot.
-        sendable = await self.uploader.resolve(request) if request.local_images else request
+        # Held back by the account (a pause is waited out here, before taking a slot), or
+        # with local images: the coroutine only then.
+        sendable = (
+            await self._ready(request)
+            if request.local_images or self.account.hold is not None
+            else request
+        )
         if not self.slots.take():  # (the usual case takes one without a coroutine)
             await self.slots.acquire()
         try:
@@ -262,6 +275,13 @@ class Tracker:
             raise
         self._accepted(task, task_id, on_accepted)
         return task
+
+    async def _ready(self, request: TaskRequest) -> TaskRequest:
+        """Wait out (or raise) an account condition, then upload local images."""
+        assert self.uploader is not None
+        if self.account.hold is not None:
+            await self.account.admit()
+        return await self.uploader.resolve(request) if request.local_images else request
 
     async def _wait_for_the_wire(self, wire: Slots, task: Task) -> None:
         """Wait for a turn on the wire; cancelled, or the client closed, nothing went out."""

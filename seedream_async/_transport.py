@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from ._account import Account
 from ._config import Settings
 from ._errors import (
     ApiError,
@@ -77,6 +78,7 @@ class Transport:
         "_session",
         "_timeout",
         "_traced",
+        "account",
         "create_limiter",
         "query_limiter",
         "settings",
@@ -92,8 +94,11 @@ class Transport:
         *,
         limiters: tuple[Limiter, Limiter] | None = None,
         telemetry: Telemetry | None = None,
+        account: Account | None = None,
     ) -> None:
         self._session = session
+        #: The account's conditions: every answer is judged there, every createTask gated.
+        self.account = account or Account(settings)
         self.telemetry = telemetry or Telemetry()
         self.settings = settings
         self._headers = {
@@ -131,51 +136,87 @@ class Transport:
     ) -> str:
         """Submit one task and return its id; never resubmit one that may exist."""
         body = create_task_body(request, callback_url)
-        attempts = self.settings.create_attempts
+        account = self.account
         refused = 0
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
+            if account.hold is not None:
+                await account.admit()  # waits out a pause, or raises: nothing is sent
             try:
                 status, raw, retry_after = await self._exchange(
-                    self.create_limiter, "POST", self._create_url, body, on_send
+                    self.create_limiter, "POST", self._create_url, body, on_send, account=account
                 )
+            except _Held:
+                continue  # a condition came while it waited for its turn: nothing went out
             except NEVER_SENT as e:
                 # No connection was had (refused, or none free in time): nothing was sent,
                 # so trying again cannot pay twice.
+                account.failed(e)
                 refused = self._count_unsent(e, attempt, refused)
-                await asyncio.sleep(backoff_delay(self.settings, attempt))
+                attempt += 1
+                await asyncio.sleep(backoff_delay(self.settings, attempt - 1))
                 continue
             except (aiohttp.ClientError, TimeoutError) as e:
+                account.failed(e)
                 unknown = SubmissionUnknown(
                     f"{type(e).__name__} after sending",
                     request=request,
                     callback_url=as_url(callback_url),
                 )
-                if self._resubmit(attempt):
+                attempt += 1
+                if self._resubmit(attempt - 1):
                     log.warning("createTask answer lost (%s); resubmitting as opted in", e)
                     continue
                 raise unknown from e
-            try:
-                return parse_task_id(
-                    read_envelope(status, raw, endpoint="createTask", retry_after=retry_after)
-                )
-            except RateLimited as e:
-                self._pause(self.create_limiter, e, attempt)  # every caller, even on the last
-                if attempt + 1 == attempts:
-                    raise
-            except ServerError as e:
-                if not _may_have_run(e):
-                    raise
-                if not self._resubmit(attempt):
-                    raise SubmissionUnknown(
-                        f"server error: {e.message}",
-                        request=request,
-                        callback_url=as_url(callback_url),
-                    ) from e
-            except MalformedPayload as e:
+            attempt += 1
+            task_id = self._judge_create(
+                status, raw, retry_after, request, callback_url, attempt=attempt
+            )
+            if task_id is not None:
+                return task_id
+
+    def _judge_create(
+        self,
+        status: int,
+        raw: bytes,
+        retry_after: float | None,
+        request: TaskRequest,
+        callback_url: URL | str | None,
+        *,
+        attempt: int,
+    ) -> str | None:
+        """A createTask answer: the task id, None to try again, or the error to raise."""
+        account = self.account
+        try:
+            task_id = parse_task_id(
+                read_envelope(status, raw, endpoint="createTask", retry_after=retry_after)
+            )
+        except RateLimited as e:
+            self._pause(self.create_limiter, e, attempt - 1)  # every caller, even the last
+            if attempt == self.settings.create_attempts:
+                raise
+            return None
+        except ServerError as e:
+            account.observe(e)
+            if not _may_have_run(e):
+                raise
+            if not self._resubmit(attempt - 1):
                 raise SubmissionUnknown(
-                    str(e), request=request, callback_url=as_url(callback_url)
+                    f"server error: {e.message}",
+                    request=request,
+                    callback_url=as_url(callback_url),
                 ) from e
-        raise AssertionError("unreachable: the last attempt raises or returns")
+            return None
+        except ApiError as e:
+            account.observe(e)  # 401, 402, 433, 455 hold every createTask back
+            raise
+        except MalformedPayload as e:
+            raise SubmissionUnknown(
+                str(e), request=request, callback_url=as_url(callback_url)
+            ) from e
+        if account.failures:
+            account.answered()
+        return task_id
 
     async def get_record(self, task_id: str) -> TaskRecord:
         """Return a task's record (recordInfo), retrying what is safe to retry."""
@@ -196,18 +237,21 @@ class Transport:
     async def _read(self, url: URL, endpoint: str) -> Any:
         attempts = self.settings.query_attempts
         refused = 0
+        account = self.account
         for attempt in range(attempts):
             last = attempt + 1 == attempts
             try:
                 status, raw, retry_after = await self._exchange(
                     self.query_limiter, "GET", url, None
                 )
-                return read_envelope(status, raw, endpoint=endpoint, retry_after=retry_after)
+                data = read_envelope(status, raw, endpoint=endpoint, retry_after=retry_after)
             except aiohttp.ClientConnectorError as e:
+                account.failed(e)
                 refused += 1
                 if last or refused == self.settings.connect_attempts:
                     raise unreachable(e, url, endpoint) from None
             except (aiohttp.ClientError, TimeoutError) as e:
+                account.failed(e)
                 if last:
                     raise _network_error(e, endpoint) from e
             except RateLimited as e:
@@ -215,9 +259,17 @@ class Transport:
                 if last:
                     raise
                 continue
-            except ServerError:
+            except ServerError as e:
+                account.observe(e)
                 if last:
                     raise
+            except ApiError as e:
+                account.observe(e)
+                raise
+            else:
+                if account.failures:
+                    account.answered()
+                return data
             await asyncio.sleep(backoff_delay(self.settings, attempt))
         raise AssertionError("unreachable: the last attempt raises or returns")
 
@@ -228,6 +280,8 @@ class Transport:
         url: URL,
         body: bytes | None,
         on_send: OnSend | None = None,
+        *,
+        account: Account | None = None,
     ) -> _Answer:
         """One HTTP exchange inside one limiter grant, stamped when the answer is in."""
         grant = None if limiter.take() else await limiter.acquire()
@@ -236,6 +290,8 @@ class Transport:
             # Checked again at the moment of sending: a close while queued sends nothing.
             if self._closed:
                 raise ClientClosed("the client was closed before this request went out")
+            if account is not None and account.hold is not None:
+                raise _Held  # (its grant is refunded below)
             if on_send is not None and isinstance(durable := on_send(), asyncio.Future):
                 await durable  # say, the journal's row for it committed
             headers = self._headers if body is None else self._json_headers
@@ -299,6 +355,10 @@ class Transport:
 
     def _resubmit(self, attempt: int) -> bool:
         return self.settings.resubmit_unknown and attempt + 1 < self.settings.create_attempts
+
+
+class _Held(Exception):
+    """An account condition came while a createTask waited for its turn: not sent."""
 
 
 def _may_have_run(e: ApiError) -> bool:

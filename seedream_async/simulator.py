@@ -76,6 +76,16 @@ class SimulatorConfig:
     retry_after: float | None = None
     #: Every call answers body code 455.
     maintenance: bool = False
+    #: A maintenance window by time: from this many seconds after the simulator started,
+    #: for ``maintenance_for`` seconds, every call answers 455 (with ``Retry-After``).
+    maintenance_after: float | None = None
+    maintenance_for: float = 0.0
+    #: The key is revoked once this many tasks were made: every call answers 401 after.
+    revoke_key_after: int | None = None
+    #: A sub-key's usage cap: createTask answers 433 once this many tasks were made.
+    usage_cap: int | None = None
+    #: A failed task is charged too (its record carries ``creditsConsumed``).
+    charge_failures: bool = False
     #: Credits on the account (None: unlimited) and the price of one task.
     credits: float | None = None
     price: float = 1.25
@@ -152,6 +162,8 @@ class SimulatorStats:
     """What clients did to the simulator."""
 
     create_requests: int = 0
+    #: createTasks refused by an account condition, by body code (401, 402, 433, 455).
+    create_refused: Counter[int] = attrs.field(factory=Counter)
     tasks_created: int = 0
     rate_limited: int = 0
     polls: int = 0
@@ -254,6 +266,8 @@ class Simulator:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._runner: web.AppRunner | None = None
         self.url = URL()
+        #: Monotonic time it started serving (``maintenance_after`` counts from it).
+        self.started = time.monotonic()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> URL:
         """Serve on ``host:port`` (0: any free port) and return the base URL."""
@@ -267,6 +281,7 @@ class Simulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self.started = time.monotonic()
         bound = self._runner.addresses[0]
         self.url = URL.build(scheme="http", host=bound[0], port=bound[1])
         exposed = [a[0] for a in self._runner.addresses if not _loopback(a[0])]
@@ -323,7 +338,13 @@ class Simulator:
             update_time=complete,
         )
         if task.fails:
-            return attrs.evolve(final, fail_code="GENERATION_FAILED", fail_msg="simulated failure")
+            charged = task.price if self.config.charge_failures else None
+            return attrs.evolve(
+                final,
+                fail_code="GENERATION_FAILED",
+                fail_msg="simulated failure",
+                credits_consumed=charged,
+            )
         template = self.config.result_url_template
         urls = tuple(
             URL(template.format(task_id=task_id, n=n))
@@ -459,7 +480,7 @@ class Simulator:
 
     # --- handlers ------------------------------------------------------------------------
 
-    def _gate(self, request: web.Request) -> web.Response | None:
+    def _gate(self, request: web.Request, *, create: bool = False) -> web.Response | None:
         """Answer what a proxy or the account would answer before the work, if anything."""
         cfg = self.config
         if cfg.require_user_agent and not request.headers.get("User-Agent"):
@@ -471,11 +492,39 @@ class Simulator:
             return web.Response(status=cfg.html_error_status, body=page, content_type="text/html")
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        if not key or (cfg.api_key is not None and key != cfg.api_key):
-            return _answer(401, "You do not have access permissions")
+        refused = self._account_refusal(key, create)
+        if refused is None:
+            return None
+        code, message, headers = refused
+        if create:
+            self.stats.create_refused[code] += 1
+        return _answer(code, message, headers=headers)
+
+    def _account_refusal(self, key: str, create: bool) -> tuple[int, str, dict[str, str]] | None:
+        """The account's own refusal of a call (401, 433, 455), if any."""
+        cfg = self.config
+        revoked = cfg.revoke_key_after is not None and (
+            self.stats.tasks_created >= cfg.revoke_key_after
+        )
+        if not key or (cfg.api_key is not None and key != cfg.api_key) or revoked:
+            return 401, "You do not have access permissions", {}
         if cfg.maintenance:
-            return _answer(455, "Service is under maintenance")
+            return 455, "Service is under maintenance", {}
+        if (left := self._maintenance_left()) > 0:
+            return 455, "Service is under maintenance", {"Retry-After": f"{left:.3f}"}
+        if create and cfg.usage_cap is not None and self.stats.tasks_created >= cfg.usage_cap:
+            return 433, "The usage limit of this key is exceeded", {}
         return None
+
+    def _maintenance_left(self) -> float:
+        """Seconds left of the maintenance window, if in it (else 0)."""
+        after = self.config.maintenance_after
+        if after is None:
+            return 0.0
+        since = time.monotonic() - self.started - after
+        return (
+            self.config.maintenance_for - since if 0 <= since < self.config.maintenance_for else 0
+        )
 
     def _limited(self) -> web.Response:
         self.stats.rate_limited += 1
@@ -487,7 +536,7 @@ class Simulator:
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         self.stats.create_requests += 1
-        if (gated := self._gate(request)) is not None:
+        if (gated := self._gate(request, create=True)) is not None:
             return gated
         if not self._create_window.admit(self.config.create_limit, time.monotonic()):
             return self._limited()
@@ -499,6 +548,7 @@ class Simulator:
         except (MalformedPayload, ValueError) as e:
             return _answer(400, f"bad request: {e}")
         if self.config.credits is not None and self.config.credits < self.price_of(edit):
+            self.stats.create_refused[402] += 1
             return _answer(402, "Credits insufficient")
         task = self._new_task(edit, callback, request.url.origin())
         if self.config.callback_early and callback is not None:
@@ -718,8 +768,12 @@ async def _json_body(request: web.Request) -> Any:
         raise ValueError(f"unreadable body: {e}") from None
 
 
-def _answer(code: int, msg: str, data: object = None) -> web.Response:
-    return web.Response(body=envelope(code, msg, data), content_type="application/json")
+def _answer(
+    code: int, msg: str, data: object = None, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=envelope(code, msg, data), content_type="application/json", headers=headers
+    )
 
 
 class _ClientFaultsAreNoCrash(logging.Filter):
@@ -783,6 +837,8 @@ def stats_json(sim: Simulator) -> dict[str, Any]:
     stats = sim.stats
     return {
         "tasks_created": stats.tasks_created,
+        "create_requests": stats.create_requests,
+        "create_refused": {str(code): stats.create_refused[code] for code in (401, 402, 433, 455)},
         "paid_twice": sum(n - 1 for n in stats.tasks_per_callback.values() if n > 1),
         "rate_limited": stats.rate_limited,
         "polls": stats.polls,
@@ -882,6 +938,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     knobs.add_argument("--hmac-key", help="sign callbacks with this key")
     knobs.add_argument("--maintenance", action="store_true", help="answer every call with 455")
+    knobs.add_argument(
+        "--maintenance-after",
+        type=float,
+        metavar="SECONDS",
+        help="a maintenance window (455) from this long after start, for --maintenance-for",
+    )
+    knobs.add_argument(
+        "--maintenance-for", type=float, default=0.0, metavar="SECONDS", help="its length"
+    )
+    knobs.add_argument(
+        "--revoke-key-after", type=int, metavar="N", help="answer 401 once N tasks were made"
+    )
+    knobs.add_argument(
+        "--usage-cap", type=int, metavar="N", help="createTask answers 433 once N tasks were made"
+    )
+    knobs.add_argument(
+        "--charge-failures", action="store_true", help="charge failed tasks too (creditsConsumed)"
+    )
     knobs.add_argument("--seed", type=int, help="seed the random choices (repeatable runs)")
 
 
@@ -902,6 +976,11 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
         invisible_for=args.invisible_for,
         hmac_key=args.hmac_key.encode() if args.hmac_key else None,
         maintenance=args.maintenance,
+        maintenance_after=args.maintenance_after,
+        maintenance_for=args.maintenance_for,
+        revoke_key_after=args.revoke_key_after,
+        usage_cap=args.usage_cap,
+        charge_failures=args.charge_failures,
         seed=args.seed,
     )
 
