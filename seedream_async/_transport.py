@@ -26,6 +26,7 @@ from ._errors import (
     ClientClosed,
     RateLimited,
     ServerError,
+    ServiceUnavailable,
     ServiceUnreachable,
     SubmissionUnknown,
 )
@@ -209,6 +210,8 @@ class Transport:
             return None
         except ApiError as e:
             account.observe(e)  # 401, 402, 433, 455 hold every createTask back
+            if isinstance(e, ServiceUnavailable):
+                return None  # not taken: sent again once the pause is over (or too long)
             raise
         except MalformedPayload as e:
             raise SubmissionUnknown(
