@@ -207,12 +207,13 @@ class Account:
 
     # --- what submissions do while one holds ----------------------------------------------
 
-    async def admit(self) -> None:
-        """Return once a createTask may go out; else raise the error that holds it back."""
+    async def admit(self, *, patient: bool = True) -> None:
+        """Return once a createTask may go out; else raise the error that holds it back
+        (at once for a pause too, unless ``patient``)."""
         while (hold := self.hold) is not None:
-            if hold.condition.pauses:
+            if hold.condition.pauses and patient:
                 await self._paused(hold)
-            elif hold.condition is Condition.KEY_REJECTED or not await self._recheck(hold):
+            elif hold.condition.pauses or not await self._recheck(hold):
                 raise hold.error()
 
     async def _paused(self, hold: Hold) -> None:
@@ -244,7 +245,9 @@ class Account:
         """Ask the credit call again (at most every ``credit_recheck``): True when the
         condition is over, a top-up noticed."""
         loop = asyncio.get_running_loop()
-        if self._probe is None or loop.time() - self.checked < self.settings.credit_recheck:
+        if hold.condition is Condition.KEY_REJECTED or self._probe is None:
+            return False
+        if loop.time() - self.checked < self.settings.credit_recheck:
             return False
         self.checked = loop.time()
         try:

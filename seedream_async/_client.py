@@ -209,7 +209,8 @@ class SeedreamClient:
         transport = await self._open()
         url = URL(callback_url) if isinstance(callback_url, str) else callback_url
         assert self._tracker.uploader is not None
-        return await transport.create_task(await self._tracker.uploader.resolve(request), url)
+        sendable = await self._tracker.uploader.resolve(request)
+        return await transport.create_task(sendable, url, patient=False)
 
     async def upload(
         self, file: str | os.PathLike[str] | bytes, *, file_name: str | None = None

@@ -134,15 +134,19 @@ class Transport:
         request: TaskRequest,
         callback_url: URL | str | None,
         on_send: OnSend | None = None,
+        *,
+        patient: bool = True,
     ) -> str:
-        """Submit one task and return its id; never resubmit one that may exist."""
+        """Submit one task and return its id; never resubmit one that may exist.
+
+        ``patient``: wait out a maintenance or an outage (else raise its error at once)."""
         body = create_task_body(request, callback_url)
         account = self.account
         refused = 0
         attempt = 0
         while True:
             if account.hold is not None:
-                await account.admit()  # waits out a pause, or raises: nothing is sent
+                await account.admit(patient=patient)  # waits out a pause, or raises: unsent
             try:
                 status, raw, retry_after = await self._exchange(
                     self.create_limiter, "POST", self._create_url, body, on_send, account=account
@@ -171,7 +175,7 @@ class Transport:
                 raise unknown from e
             attempt += 1
             task_id = self._judge_create(
-                status, raw, retry_after, request, callback_url, attempt=attempt
+                status, raw, retry_after, request, callback_url, attempt=attempt, patient=patient
             )
             if task_id is not None:
                 return task_id
@@ -185,6 +189,7 @@ class Transport:
         callback_url: URL | str | None,
         *,
         attempt: int,
+        patient: bool,
     ) -> str | None:
         """A createTask answer: the task id, None to try again, or the error to raise."""
         account = self.account
@@ -210,7 +215,7 @@ class Transport:
             return None
         except ApiError as e:
             account.observe(e)  # 401, 402, 433, 455 hold every createTask back
-            if isinstance(e, ServiceUnavailable):
+            if patient and isinstance(e, ServiceUnavailable):
                 return None  # not taken: sent again once the pause is over (or too long)
             raise
         except MalformedPayload as e:
