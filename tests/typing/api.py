@@ -16,14 +16,27 @@ from seedream_async import (
     Coordinator,
     EditRequest,
     EditResult,
+    ImageResolution,
+    ImageSize,
+    JobRequest,
     LocalImage,
+    ModelSpec,
+    OutputFormat,
     Quality,
     RedisCoordinator,
     Reply,
+    Seedream5LiteEditRequest,
+    Seedream5LiteRequest,
+    Seedream5ProRequest,
     SeedreamClient,
+    SeedreamV4EditRequest,
+    SeedreamV4Request,
     Settings,
     TaskHandle,
     TaskRecord,
+    TaskRequest,
+    TextToImageRequest,
+    typed_models,
 )
 
 
@@ -59,3 +72,29 @@ async def typed_usage() -> None:
     listening: URL | None = receiver.local_url
     del quality, ratio, record, balance, urls, again, resumed, reconciled, uploaded, from_bytes
     del local, images, fleet_result, reply, listening
+
+
+async def typed_models_usage(client: SeedreamClient) -> None:
+    v4 = SeedreamV4Request(prompt="p", image_size=ImageSize.LANDSCAPE_16_9, max_images=2)
+    sizes: ImageSize = v4.image_size
+    resolution: ImageResolution = v4.image_resolution
+    edit = SeedreamV4EditRequest(prompt="p", image_urls=[Path("a.png")], extra_input={"x": 1})
+    lite = Seedream5LiteEditRequest(prompt="ppp", image_urls=["https://a/b.png"])
+    pro = Seedream5ProRequest(prompt="ppp", output_format=OutputFormat.JPEG)
+    text = TextToImageRequest(prompt="p")
+    job = JobRequest(model="any/model", input={"prompt": "p"})
+    requests: list[TaskRequest] = [
+        v4,
+        edit,
+        lite,
+        pro,
+        text,
+        job,
+        Seedream5LiteRequest(prompt="ppp"),
+    ]
+    result: EditResult = await client.generate(prompt="p", model="seedream/5-lite-text-to-image")
+    handle: TaskHandle = await client.submit(job)
+    async for item in client.edit_many(requests):
+        model: str | None = item.request.model if item.request is not None else None
+    specs: tuple[ModelSpec, ...] = typed_models()
+    print(sizes, resolution, result, handle, model, specs, result.record.raw)
