@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -23,10 +24,13 @@ from seedream_async import (
     InvalidRequest,
     RateLimited,
     RedisCoordinator,
+    Seedream5LiteEditRequest,
     SeedreamClient,
+    SeedreamV4Request,
     ServerError,
+    TaskRequest,
 )
-from seedream_async.simulator import Simulator
+from seedream_async.simulator import Simulator, fake_png
 from tests.balancer import Balancer
 from tests.conftest import API_KEY, FAST, request, until
 from tests.redis_server import RedisServer
@@ -845,3 +849,41 @@ async def test_a_coordinator_refused_by_a_second_client_still_serves_the_first(
         await second.aclose()
         result = await asyncio.wait_for(first.edit(request(1)), 10)
         assert result.urls
+
+
+async def test_replicas_share_tasks_of_every_model(
+    sim: Simulator,
+    fleet: Fleet,
+    balancer: Balancer,
+    *,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A mixed batch in one replica; another resumes each task from Redis, with every URL."""
+    sim.config.latency = (0.02, 0.05)
+    image = tmp_path / "in.png"
+    image.write_bytes(fake_png("in", 0, 256))
+    first, second = fleet(**NO_POLLS), fleet(**NO_POLLS)
+    await up(balancer, first, second)
+    requests: list[TaskRequest] = [
+        request(0),
+        Seedream5LiteEditRequest(prompt="make it red", image_urls=[image]),
+        SeedreamV4Request(prompt="a fox", max_images=3),
+    ]
+    items = [item async for item in first.edit_many(requests, ordered=True)]
+    assert all(item.ok for item in items)
+    import redis  # noqa: PLC0415
+
+    stored = redis.Redis.from_url(redis_server.url)
+    keys = [f"{namespace}:task:{i.result.task_id}" for i in items if i.result is not None]
+    await until(lambda: stored.exists(*keys) == len(keys))  # the owner shared every record
+    polls = sim.stats.polls
+    for item, sent in zip(items, requests, strict=True):
+        assert item.result is not None
+        resumed = await asyncio.wait_for(second.resume(item.result.task_id).result(), 2)
+        assert resumed.record.model == sent.model
+        assert resumed.urls == item.result.urls
+    assert items[2].result is not None
+    assert len(items[2].result.urls) == 3
+    assert sim.stats.polls == polls  # from Redis, not from the service
