@@ -1,5 +1,5 @@
 """
-An asyncio-native SDK for Seedream 4.5 Edit on the Apikley jobs API.
+An asyncio-native SDK for Seedream 4.5 Edit (and every Seedream model) on the Apikley jobs API.
 
 Submit edits concurrently under shared rate limits, await them through an embedded callback
 receiver (polling is the safety net, or the mode where nothing can call back), and run

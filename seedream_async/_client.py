@@ -48,7 +48,8 @@ class ClientState(enum.Enum):
 
 class SeedreamClient:
     """
-    An asyncio client for Seedream 4.5 Edit; share one per process.
+    An asyncio client for Seedream 4.5 Edit and every other model of the jobs API; share one
+    per process.
 
     ``api_key`` falls back to ``$APIKLEY_API_KEY`` and ``base_url`` to ``$APIKLEY_BASE_URL``.
     A ``session`` you pass is used and never closed; one the client makes is closed by
