@@ -104,6 +104,12 @@ class BatchProgress:
     resumed: int = 0
     #: Local images uploaded in this run.
     uploaded: int = 0
+    #: Inputs an earlier run may have submitted (it died with them on the wire), found in
+    #: the journal: each waits for its callback up to ``may_exist_wait`` seconds.
+    may_exist: int = 0
+    may_exist_wait: float = 0.0
+    #: Those still waiting.
+    awaiting_callbacks: int = 0
     #: Credits paid for tasks this run sent, and for those earlier runs sent (the journal's
     #: outcomes and the resumed tasks).
     credits: float = 0.0
@@ -229,6 +235,12 @@ class _Slot:
             return None
         return self.journal.sending(self.index, cast("TaskRequest", self.request), self.token)
 
+    def on_unsent(self) -> None:
+        """It made no task (a 429): back to never sent while it waits, so a kill meanwhile
+        leaves it for the rerun to send, not ``sending`` (which a rerun never sends)."""
+        if self.journal is not None:
+            self.journal.forget(self.index)
+
     def on_accepted(self, task: Task) -> None:
         """The service accepted it (even if the batch stopped meanwhile)."""
         self.progress.submitted += 1
@@ -261,6 +273,8 @@ class BatchRunner:
         self._ready: deque[BatchItem] = deque()
         self._adopted = 0
         self._names = _ImageNames()
+        #: Seconds to wait for the callbacks of what an earlier run may have submitted.
+        self._may_exist_wait: float | None = None
 
     async def run(
         self, requests: Iterable[TaskRequest] | AsyncIterable[TaskRequest], *, ordered: bool
@@ -274,6 +288,7 @@ class BatchRunner:
         #: Inputs never journaled, held back until the journal is checked up to ``last``.
         deferred: deque[tuple[int, object]] = deque()
         last = self._journal.last_index() if self._journal is not None else None
+        self._may_exist_wait = self._count_unanswered(last)
         next_index = 0
         index = 0
         try:
@@ -315,6 +330,29 @@ class BatchRunner:
         finally:
             uploader.listeners.remove(self._uploaded)
             self._stop()
+
+    def _count_unanswered(self, last: int | None) -> float | None:
+        """
+        Count the inputs an earlier run may have submitted (``sending``: possibly on the wire
+        when it died), and return how long to wait for their callbacks: the visibility grace
+        when this run listens where that one did (or the journal does not say), else none.
+        Journals where this run's callbacks go, for the next.
+        """
+        journal = self._journal
+        if journal is None:
+            return None
+        here = self._tracker.callbacks_url()
+        earlier = journal.callbacks_went_to()
+        if earlier != here:
+            journal.callbacks_go_to(here)
+        if last is None:
+            return None
+        grace = self._tracker.settings.visibility_grace
+        wait = grace if here and earlier in (here, None) else 0.0
+        found = journal.counts().get(Stage.SENDING, 0)
+        self.progress.may_exist = self.progress.awaiting_callbacks = found
+        self.progress.may_exist_wait = wait
+        return wait
 
     def _listen_for_uploads(self) -> Uploader:
         """Reuse the journal's uploads, and journal (and count) the ones this run makes."""
@@ -425,11 +463,21 @@ class BatchRunner:
         if entry is not None and entry.task_id is not None:
             return self._tracker.resume(entry.task_id, request, entry.token)
         if entry is not None:  # sent in an earlier run, answer never journaled
-            return await self._tracker.reconcile(entry.token, request)
+            try:
+                return await self._tracker.reconcile(
+                    entry.token, request, wait=self._may_exist_wait
+                )
+            finally:
+                self.progress.awaiting_callbacks -= 1
         slot.token = token = self._tracker.new_token()
         # ``owned``: this task is the batch's own, and ``_stop`` never cancels a sent one.
         return await self._tracker.submit(
-            request, token=token, on_sent=slot.on_sent, on_accepted=slot.on_accepted, owned=True
+            request,
+            token=token,
+            on_sent=slot.on_sent,
+            on_unsent=slot.on_unsent,
+            on_accepted=slot.on_accepted,
+            owned=True,
         )
 
     def _ended(self, slot: _Slot, request: TaskRequest, error: SeedreamError) -> BatchItem:

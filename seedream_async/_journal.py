@@ -14,7 +14,10 @@ What survives what:
   of the last ``COMMIT_GAP``, 5 ms) are lost: an input whose task id was lost reads
   ``sending`` and is reconciled by its callback token, or reported ``unknown``; one whose
   outcome was lost reads ``accepted`` and is re-attached by its task id. Never sent twice,
-  since no createTask leaves before its row is committed.
+  since no createTask leaves before its row is committed. ``sending`` means possibly on
+  the wire, nothing more: a createTask answered 429 (or whose connection never opened)
+  made no task, and its row goes back to never sent while it waits, so a kill in a storm
+  of 429s strands nothing, and a rerun finds ``sending`` only what was truly on the wire.
 - A power cut or OS crash: the same. Every commit is fsynced (``synchronous=FULL``, at
   most one every few milliseconds, each covering everything queued), and a createTask
   leaves only once the commit of its ``sending`` row is, so a rerun never resubmits a sent
@@ -98,7 +101,7 @@ CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, 
 class Stage(enum.StrEnum):
     """How far an input got."""
 
-    #: createTask may have been sent; the answer was never journaled.
+    #: createTask may be on the wire (a 429 puts the row back); its answer was not journaled.
     SENDING = "sending"
     #: The service accepted it; the task id is known.
     ACCEPTED = "accepted"
@@ -382,7 +385,8 @@ class Journal:
         self._write(_SET_FILES, (json.dumps([str(f) for f in files]), time.time(), index))
 
     def forget(self, index: int) -> None:
-        """Drop an input the service refused before making a task: a rerun may send it."""
+        """Drop an input the service made no task for (refused it, or answered 429 and it
+        waits to try again): never sent, as far as a rerun knows, so it may send it."""
         self._write("DELETE FROM items WHERE idx = ?", (index,))
 
     def uploaded(self, sha256: str, url: object, at: float) -> None:
@@ -391,6 +395,22 @@ class Journal:
             "INSERT INTO uploads VALUES (?, ?, ?)"
             " ON CONFLICT (sha256) DO UPDATE SET url = excluded.url, at = excluded.at",
             (sha256, str(url), at),
+        )
+
+    def callbacks_went_to(self) -> str | None:
+        """Where the last run's callbacks went ("" nowhere: it polled; None: not journaled)."""
+        if self._queued:
+            self.flush()
+        row = self._query("SELECT value FROM meta WHERE key = 'callbacks'", ()).fetchone()
+        return None if row is None else str(row[0])
+
+    def callbacks_go_to(self, url: str) -> None:
+        """Journal where this run's callbacks go ("" nowhere), before it sends anything: a
+        rerun listening elsewhere cannot hear the callbacks of what this run sent."""
+        self._write(
+            "INSERT INTO meta VALUES ('callbacks', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (url,),
         )
 
     def uploads(self) -> list[tuple[str, str, float]]:

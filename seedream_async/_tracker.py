@@ -57,26 +57,38 @@ def outcome(record: TaskRecord, request: TaskRequest | None) -> EditResult:
 class _Sending:
     """
     What runs just before createTask goes out: the lifecycle's ``send`` (which refuses, with
-    ``ClientClosed``, once the client closed), then the submitter's own hook.
+    ``ClientClosed``, once the client closed), then the submitter's own hook; and the
+    submitter's ``on_unsent`` when an attempt provably made no task (a 429).
 
     One object per submission rather than a closure, its function and three cells: the
     cyclic GC counts and scans every object an edit allocates.
     """
 
-    __slots__ = ("lifecycle", "on_sent", "task", "wire")
+    __slots__ = ("lifecycle", "on_sent", "on_unsent", "task", "wire")
 
     def __init__(
-        self, lifecycle: Lifecycle, task: Task, on_sent: OnSend | None, wire: Slots | None
+        self,
+        lifecycle: Lifecycle,
+        task: Task,
+        on_sent: OnSend | None,
+        on_unsent: OnSend | None,
+        wire: Slots | None,
     ) -> None:
         self.lifecycle = lifecycle
         self.task = task
         self.on_sent = on_sent
+        self.on_unsent = on_unsent
         #: The submission's turn on the wire, held until its createTask is over.
         self.wire = wire
 
     def __call__(self) -> object:
         self.lifecycle.send(self.task)
         return self.on_sent() if self.on_sent is not None else None
+
+    def unsent(self) -> None:
+        """An attempt made no task (a 429, no connection): it waits to try again."""
+        if self.on_unsent is not None:
+            self.on_unsent()
 
     def off_wire(self) -> None:
         """Give the turn on the wire to the next submission (once, whoever calls first)."""
@@ -204,6 +216,7 @@ class Tracker:
         *,
         token: str | None = None,
         on_sent: OnSend | None = None,
+        on_unsent: OnSend | None = None,
         on_accepted: OnAccepted | None = None,
         owned: bool = False,
     ) -> Task:
@@ -211,8 +224,10 @@ class Tracker:
         Submit one edit; return its task once the service accepted it.
 
         ``on_sent`` runs just before createTask goes out (journal it there; a future it
-        returns is awaited before sending, say until the journal row is durable); ``on_accepted``
-        runs once the task id is known, even if the caller was cancelled meanwhile.
+        returns is awaited before sending, say until the journal row is durable), before each
+        attempt; ``on_unsent`` after an attempt that provably made no task (a 429, no
+        connection), before it waits to try again; ``on_accepted`` runs once the task id is
+        known, even if the caller was cancelled meanwhile.
 
         ``owned``: the calling task is the SDK's own and is never cancelled once ``on_sent``
         ran (a batch item: the batch adopts those), so createTask runs in it, without a task
@@ -244,7 +259,7 @@ class Tracker:
             await self._enter_fleet(task)
         if (wire := self.wire) is not None and not wire.take():
             await self._wait_for_the_wire(wire, task)
-        sending = _Sending(self.lifecycle, task, on_sent, wire)
+        sending = _Sending(self.lifecycle, task, on_sent, on_unsent, wire)
         loop = asyncio.get_running_loop()
         create: asyncio.Task[str | Exception] | None = None
         answer: Awaitable[str]
@@ -353,20 +368,46 @@ class Tracker:
         elif not task.done and self.poller is not None:
             self.poller.watch(task, poll_now=True)
 
-    async def reconcile(self, token: str | None, request: TaskRequest) -> Task:
-        """Wait (until the deadline) for the callback of a submission whose answer was lost."""
+    async def reconcile(
+        self, token: str | None, request: TaskRequest, *, wait: float | None = None
+    ) -> Task:
+        """
+        Wait for the callback of a submission whose answer was lost: until the deadline, or
+        (``wait``) that many seconds, after which one no callback named ends unknown.
+        """
         unknown = SubmissionUnknown(
             "createTask was sent in an earlier run and its answer never came", request=request
         )
-        if token is None or self.receiver is None:
+        if token is None or self.receiver is None or wait == 0:
             raise unknown
         task = self.lifecycle.attach_unknown(token, request, unknown)
         if self.coordinator.shared and not task.done:
             record = await self.coordinator.stored(token=token)
             if record is not None:
                 self.lifecycle.offer(token, record, via="fleet")
-        await task.wait()
+        if wait is None:
+            await task.wait()
+        else:
+            await self._callback_within(task, wait)
         return task
+
+    async def _callback_within(self, task: Task, wait: float) -> None:
+        """Wait ``wait`` seconds for a callback to name ``task``; unnamed then, it ends
+        unknown (named, it is polled to its end like any accepted task)."""
+        waiter = task.wait()
+        try:
+            await asyncio.wait((waiter,), timeout=wait)
+            if not waiter.done() and task.task_id is None:
+                self.lifecycle.expire(task)
+            await waiter
+        finally:
+            waiter.cancel()  # (a no-op once it has its outcome)
+
+    def callbacks_url(self) -> str:
+        """Where this client's callbacks go (the part before the token); "" for nowhere."""
+        if self.receiver is None or not self.lifecycle.callbacks:
+            return ""
+        return self.receiver.url_string("")
 
     def _callback_url(self, token: str) -> str:
         assert self.receiver is not None

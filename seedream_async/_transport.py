@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -53,6 +53,16 @@ _Answer = tuple[int, bytes, float | None]
 #: Runs just before a createTask goes out; a future it returns is awaited first (say, the
 #: journal's commit of the row for it); anything else it returns is ignored.
 OnSend = Callable[[], object]
+
+
+class Sending(Protocol):
+    """A createTask's hooks: called (as ``OnSend``) just before each attempt goes out, and
+    ``unsent`` when an attempt provably made no task (a 429, a connection that never
+    opened), before it waits to try again."""
+
+    def __call__(self) -> object: ...
+
+    def unsent(self) -> None: ...
 
 
 class AnswerTooLarge(aiohttp.ClientPayloadError):
@@ -133,7 +143,7 @@ class Transport:
         self,
         request: TaskRequest,
         callback_url: URL | str | None,
-        on_send: OnSend | None = None,
+        on_send: Sending | None = None,
         *,
         patient: bool = True,
     ) -> str:
@@ -159,6 +169,7 @@ class Transport:
                 account.failed(e)
                 refused = self._count_unsent(e, attempt, refused)
                 attempt += 1
+                _made_no_task(on_send)
                 await asyncio.sleep(backoff_delay(self.settings, attempt - 1))
                 continue
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -175,7 +186,14 @@ class Transport:
                 raise unknown from e
             attempt += 1
             task_id = self._judge_create(
-                status, raw, retry_after, request, callback_url, attempt=attempt, patient=patient
+                status,
+                raw,
+                retry_after,
+                request,
+                callback_url,
+                on_send=on_send,
+                attempt=attempt,
+                patient=patient,
             )
             if task_id is not None:
                 return task_id
@@ -188,6 +206,7 @@ class Transport:
         request: TaskRequest,
         callback_url: URL | str | None,
         *,
+        on_send: Sending | None,
         attempt: int,
         patient: bool,
     ) -> str | None:
@@ -201,6 +220,7 @@ class Transport:
             self._pause(self.create_limiter, e, attempt - 1)  # every caller, even the last
             if attempt == self.settings.create_attempts:
                 raise
+            _made_no_task(on_send)  # before it waits out the 429
             return None
         except ServerError as e:
             account.observe(e)
@@ -367,6 +387,12 @@ class Transport:
 
 class _Held(Exception):
     """An account condition came while a createTask waited for its turn: not sent."""
+
+
+def _made_no_task(on_send: Sending | None) -> None:
+    """Tell the submitter an attempt made no task, before it waits to try again."""
+    if on_send is not None:
+        on_send.unsent()
 
 
 def _may_have_run(e: ApiError) -> bool:

@@ -663,8 +663,14 @@ def _record_times(record: TaskRecord, asked: str | None) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Iterator[None]:
+    note = _UnansweredNote(progress, console)
     if quiet:
-        yield
+        refresher = _Refresher(note)
+        try:
+            yield
+        finally:
+            refresher.stop()
+            note()
         return
     from rich.progress import (  # noqa: PLC0415 (the [cli] extra, checked in main)
         BarColumn,
@@ -680,8 +686,11 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f}/s"),
-        # "uploads N" only once a local image was uploaded (never, for image URLs only).
-        TextColumn("in flight {task.fields[running]}{task.fields[uploads]}"),
+        # "uploads N" only once a local image was uploaded (never, for image URLs only),
+        # "awaiting callbacks N" only while an earlier run's submissions may exist.
+        TextColumn(
+            "in flight {task.fields[running]}{task.fields[may_exist]}{task.fields[uploads]}"
+        ),
         TextColumn("[red]failed {task.fields[failed]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -689,15 +698,20 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         console=console,
         refresh_per_second=5,
     )
-    task = bar.add_task("batch", total=progress.total, rate=0.0, running=0, failed=0, uploads="")
+    task = bar.add_task(
+        "batch", total=progress.total, rate=0.0, running=0, may_exist="", failed=0, uploads=""
+    )
 
     def update() -> None:
+        note()
         failed = progress.failed + progress.unknown + progress.errors
+        waiting = progress.awaiting_callbacks
         bar.update(
             task,
             completed=progress.done,
             rate=progress.rate,
             running=progress.running,
+            may_exist=f" [yellow]awaiting callbacks {waiting}[/]" if waiting else "",
             failed=failed,
             uploads=f" uploads {progress.uploaded}" if progress.uploaded else "",
         )
@@ -709,6 +723,31 @@ def _live_progress(progress: BatchProgress, console: Any, *, quiet: bool) -> Ite
         finally:
             refresher.stop()
             update()
+
+
+class _UnansweredNote:
+    """Says once, as soon as the batch counted them, how many inputs an earlier run may
+    have submitted and how long their callbacks are waited for."""
+
+    def __init__(self, progress: BatchProgress, console: Any) -> None:
+        self._progress = progress
+        self._console = console
+        self._said = False
+
+    def __call__(self) -> None:
+        n = self._progress.may_exist
+        if self._said or not n:
+            return
+        self._said = True
+        wait = self._progress.may_exist_wait
+        if wait:
+            message = f"{n} submissions may exist: waiting up to {wait:g} s for their callbacks"
+        else:
+            message = (
+                f"{n} submissions may exist: their callbacks cannot reach this run (it"
+                " listens elsewhere, or not at all), so they are reported unknown"
+            )
+        self._console.print(f"[yellow]{message}")
 
 
 class _Refresher:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_manifest(path: Path) -> None:
+def write_manifest(path: Path, n_inputs: int = N) -> None:
     with path.open("w") as f:
-        for n in range(N):
+        for n in range(n_inputs):
             req = request(n)
             line = {"prompt": req.prompt, "image_urls": [str(u) for u in req.image_urls]}
             f.write(json.dumps(line) + "\n")
@@ -161,3 +162,72 @@ async def test_sigkill_a_mixed_batch_and_resume(tmp_path: Path) -> None:
             assert len(line["urls"]) == (2 if models[line["index"]] == MIXED_MODELS[2] else 1)
     statuses = [line["status"] for line in lines]
     assert statuses.count("succeeded") + statuses.count("unknown") == n
+
+
+STORM = 100
+#: The client's own createTask limit (per 2 s) in the storm: six times the account's real one.
+CLIENT_RATE = 30
+
+
+@pytest.mark.slow
+async def test_sigkill_in_a_429_storm_strands_no_input(tmp_path: Path) -> None:
+    """
+    Issue 32 §1: an account whose real createTask limit (5/2 s) is below the configured one
+    (30/2 s). Before, the killed run left 80 of 100 rows ``sending`` (inputs waiting out 429s,
+    never made) and the rerun waited the whole deadline for callbacks that could never come.
+    """
+    manifest, out, journal = tmp_path / "m.jsonl", tmp_path / "r.jsonl", tmp_path / "j.sqlite"
+    write_manifest(manifest, STORM)
+    port = free_port()
+    config = SimulatorConfig(latency=(0.2, 0.6), create_limit=(5, 2.0), seed=32)
+    async with Simulator(config) as sim:
+        args = [
+            "batch",
+            str(manifest),
+            "--base-url",
+            str(sim.url),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--journal",
+            str(journal),
+            "--out",
+            str(out),
+            "--create-rate",
+            f"{CLIENT_RATE}/2",
+            "--deadline",
+            "3600",  # far beyond the test's timeout: a rerun waiting for it fails the test
+            "-q",
+        ]
+        first = await run_batch(args)
+        await until(lambda: sim.stats.tasks_created >= 10 and sim.stats.rate_limited >= 40, 60)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        made_before = Counter(sim.stats.tasks_per_request)
+        sent_before = sim.stats.create_requests
+        with Journal(journal) as j:
+            possibly_sent = j.counts().get(Stage.SENDING, 0)
+        # Only createTasks truly on the wire at the kill: no more than the client's limiter
+        # lets out in one window (its 100 connections bound them too).
+        assert possibly_sent <= CLIENT_RATE
+        assert len(made_before) < STORM  # it really died in the storm
+
+        sim.config.create_limit = None  # the rerun's account has room
+        second = await run_batch(args)
+        async with asyncio.timeout(300):  # the deadline is 3600 s: it never waited for it
+            _, err = await second.communicate()
+        assert second.returncode in (0, 1), err.decode()
+
+    made_now = sim.stats.tasks_per_request
+    assert set(made_now.values()) == {1}  # no input paid twice
+    new = set(made_now) - set(made_before)
+    # The rerun sent only inputs the service never made, each once (no 429 this time)...
+    assert sim.stats.create_requests - sent_before == len(new)
+    # ...and every one of them, but those possibly on the wire at the kill.
+    assert len(made_now) >= STORM - possibly_sent
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(STORM))
+    statuses = Counter(line["status"] for line in lines)
+    assert statuses["unknown"] <= possibly_sent
+    assert statuses["succeeded"] + statuses["unknown"] == STORM
+    if possibly_sent:
+        assert f"{possibly_sent} submissions may exist" in err.decode()

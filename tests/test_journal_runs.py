@@ -19,6 +19,8 @@ import pytest
 from aiohttp import web
 
 from seedream_async import (
+    BatchProgress,
+    CallbackReceiver,
     EditRequest,
     JournalBusy,
     JournalError,
@@ -268,3 +270,78 @@ async def test_updates_over_many_loop_turns_share_a_commit(tmp_path: Path) -> No
         commits_at_most = (wal.stat().st_size - before) // (page + 24)
     assert task_id == f"task_{turns - 1}"  # the last update, committed without a flush call
     assert 1 <= commits_at_most < turns // 4, commits_at_most
+
+
+def journal_states(journal: Path) -> dict[int, str]:
+    """The journal's rows as another process sees them, while a run holds it."""
+    with contextlib.closing(sqlite3.connect(journal)) as other:
+        return dict(other.execute("SELECT idx, state FROM items").fetchall())
+
+
+async def test_a_429_puts_its_row_back_to_never_sent(
+    sim: Simulator, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Issue 32 §1: a createTask answered 429 made no task, yet its row said ``sending``
+    (possibly made: a rerun never sends it) for as long as it waited out the 429s; a kill
+    then stranded it. Now the row goes back to never sent before it waits."""
+    sim.config.create_limit = (1, 60.0)  # one of the two is made, the other waits
+    sim.config.retry_after = 0.5
+    journal = tmp_path / "j.sqlite"
+    client = make_client(callbacks=True, create_attempts=1000)
+
+    async def run_batch() -> list[bool]:
+        return [i.ok async for i in client.edit_many([request(0), request(1)], journal=journal)]
+
+    batch = asyncio.create_task(run_batch())
+    # Both were sent (each after its row was committed); the 429'd one's row is gone.
+    await until(lambda: sim.stats.rate_limited >= 1 and len(journal_states(journal)) == 1, 5)
+    assert set(journal_states(journal).values()) <= {"accepted", "succeeded"}
+    sim.config.create_limit = None
+    assert await batch == [True, True]
+    assert set(sim.stats.tasks_per_request.values()) == {1}
+    with Journal(journal) as j:
+        assert j.counts() == {Stage.SUCCEEDED: 2}
+
+
+HOOKS = "https://hooks.example/a"
+
+
+@pytest.mark.parametrize(
+    ("journaled", "listening", "waited"),
+    [
+        (HOOKS, HOOKS, 0.5),  # where its callbacks go: the visibility grace
+        (None, HOOKS, 0.5),  # a journal that does not say: the same
+        ("https://hooks.example/b", HOOKS, 0.0),  # elsewhere: it cannot hear them
+        (HOOKS, None, 0.0),  # polling: nothing can call back
+    ],
+)
+async def test_a_rerun_waits_only_the_grace_for_what_may_have_been_sent(
+    sim: Simulator,
+    make_client: ClientFactory,
+    tmp_path: Path,
+    *,
+    journaled: str | None,
+    listening: str | None,
+    waited: float,
+) -> None:
+    """Issue 32 §1: a row a killed run left ``sending`` (possibly on the wire) waited for
+    its callback until the deadline (900 s), sending nothing meanwhile. Now the grace, and
+    only where its callbacks can arrive; never resubmitted either way."""
+    journal = tmp_path / "j.sqlite"
+    with Journal(journal) as j:
+        if journaled is not None:
+            j.callbacks_go_to(CallbackReceiver(public_url=journaled).url_string(""))
+        j.sending(0, request(0), "t" * 24)
+    receiver = CallbackReceiver(public_url=listening) if listening else False
+    client = make_client(callbacks=receiver, visibility_grace=waited or 600.0)
+    progress = BatchProgress()
+    async with asyncio.timeout(60):  # far below the 900 s deadline
+        items = [
+            i async for i in client.edit_many([request(0)], journal=journal, progress=progress)
+        ]
+    assert [item.status for item in items] == ["unknown"]
+    assert (progress.may_exist, progress.may_exist_wait) == (1, waited)
+    assert progress.awaiting_callbacks == 0
+    assert sim.stats.create_requests == 0
+    with Journal(journal) as j:
+        assert j.counts() == {Stage.UNKNOWN: 1}
