@@ -30,7 +30,6 @@ from ._coordination import Coordinator, LocalCoordinator
 from ._errors import (
     ApiError,
     AuthenticationError,
-    BudgetExceeded,
     ClientAlreadyOpen,
     ClientClosed,
     CoordinatorUnavailable,
@@ -91,7 +90,6 @@ __all__ = [
     "AuthenticationError",
     "BatchItem",
     "BatchProgress",
-    "BudgetExceeded",
     "CallbackReceiver",
     "ClientAlreadyOpen",
     "ClientClosed",

@@ -23,7 +23,6 @@ of it)::
     ├── TaskFailed                         the task ended in state ``fail``
     ├── TaskTimeout (TimeoutError)         the task did not end before its deadline
     ├── SubmissionUnknown                  createTask may or may not have made a (paid) task
-    ├── BudgetExceeded                     a batch's budget has no room for one more task
     ├── JournalError                       a batch journal cannot be used
     │   ├── JournalMismatch (ValueError)   it belongs to other inputs
     │   └── JournalBusy                    another run holds it
@@ -191,19 +190,6 @@ class SubmissionUnknown(SeedreamError):
         self.reason = reason
         self.request = request
         self.callback_url = callback_url
-
-
-class BudgetExceeded(SeedreamError):
-    """A batch's ``budget`` has no room for this task's price: it was not sent."""
-
-    def __init__(self, *, budget: float, committed: float, price: float) -> None:
-        super().__init__(
-            f"budget {budget:g} credits: {committed:g} spent or reserved, one more task costs"
-            f" {price:g}"
-        )
-        self.budget = budget
-        self.committed = committed
-        self.price = price
 
 
 class JournalError(SeedreamError):
