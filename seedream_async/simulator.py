@@ -837,9 +837,9 @@ def stats_json(sim: Simulator) -> dict[str, Any]:
     stats = sim.stats
     return {
         "tasks_created": stats.tasks_created,
+        "paid_twice": sum(n - 1 for n in stats.tasks_per_callback.values() if n > 1),
         "create_requests": stats.create_requests,
         "create_refused": {str(code): stats.create_refused[code] for code in (401, 402, 433, 455)},
-        "paid_twice": sum(n - 1 for n in stats.tasks_per_callback.values() if n > 1),
         "rate_limited": stats.rate_limited,
         "polls": stats.polls,
         "callbacks_sent": stats.callbacks_sent,
