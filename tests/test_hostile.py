@@ -102,13 +102,19 @@ async def test_private_result_hosts_are_refused(
 ) -> None:
     assert sim.url.port is not None
     sim.config.result_url_template = template.format(port=sim.url.port)
-    settings = attrs.evolve(FAST, allow_private_downloads=False, query_attempts=1)
+    # A black hole tried would hold the download for minutes: refused, it ends well inside 30 s.
+    settings = attrs.evolve(
+        FAST,
+        allow_private_downloads=False,
+        query_attempts=1,
+        connect_timeout=600.0,
+        download_timeout=600.0,
+    )
     async with SeedreamClient("k", base_url=sim.url, settings=settings) as client:
         result = await client.edit(request(0))
-        started = time.monotonic()
         with pytest.raises(DownloadError, match=rule):
-            await client.download(result, tmp_path)
-    assert time.monotonic() - started < 3  # refused, not tried against a black hole
+            async with asyncio.timeout(30):
+                await client.download(result, tmp_path)
     assert sim.stats.downloads == 0
     assert list(tmp_path.iterdir()) == []
 
@@ -254,7 +260,7 @@ async def test_a_signed_delivery_first_answered_404_is_accepted_on_retry(
         async with session.post(url, data=body, headers=headers) as resp:
             assert resp.status == 404
         reconcile = asyncio.create_task(client.reconcile(token, request(0)))
-        await asyncio.sleep(0.05)
+        await until(lambda: client._tracker.lifecycle.has_token(token))  # it now awaits it
         async with session.post(url, data=body, headers=headers) as resp:
             assert resp.status == 200
     handle = await reconcile
@@ -304,7 +310,7 @@ async def test_a_trickling_download_is_cut_off(tmp_path: Path) -> None:
     async def trickle(_: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(_)
-        for _n in range(100):
+        for _n in range(6000):  # ten minutes of a trickle
             await response.write(b"x")
             await asyncio.sleep(0.1)
         return response
@@ -315,10 +321,9 @@ async def test_a_trickling_download_is_cut_off(tmp_path: Path) -> None:
         settings = Settings(download_timeout=0.5, query_attempts=1, allow_private_downloads=True)
         async with aiohttp.ClientSession() as session:
             downloader = Downloader(session, settings)
-            started = time.monotonic()
             with pytest.raises(DownloadError, match=r"not complete in 0.5 s"):
-                await downloader.fetch(url / "slow.png", tmp_path, "slow.png", "t")
-            assert time.monotonic() - started < 3
+                async with asyncio.timeout(30):  # the trickle would last ten minutes
+                    await downloader.fetch(url / "slow.png", tmp_path, "slow.png", "t")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -330,7 +335,7 @@ async def test_one_failed_image_cancels_its_siblings(sim: Simulator, tmp_path: P
         response = web.StreamResponse()
         await response.prepare(request)
         try:
-            for _ in range(600):  # 30 s of a trickle, unless the client goes away
+            for _ in range(12000):  # ten minutes of a trickle, unless the client goes away
                 await response.write(b"x")
                 await asyncio.sleep(0.05)
         except ConnectionError:
@@ -344,10 +349,9 @@ async def test_one_failed_image_cancels_its_siblings(sim: Simulator, tmp_path: P
         async with aiohttp.ClientSession() as session:
             downloader = Downloader(session, settings)
             urls = (url / "slow.png", url / "missing.png")
-            started = time.monotonic()
             with pytest.raises(DownloadError, match="HTTP 404"):
-                await downloader.fetch_all(urls, tmp_path, "r", owner="t")
-            assert time.monotonic() - started < 5
+                async with asyncio.timeout(30):  # not waiting for the sibling's ten minutes
+                    await downloader.fetch_all(urls, tmp_path, "r", owner="t")
             async with asyncio.timeout(5):
                 await hung_up.wait()  # the sibling's connection was dropped, not left running
     assert not list(tmp_path.glob("*.png"))
@@ -452,21 +456,27 @@ async def test_receiver_survives_hang_ups_slow_bodies_and_big_apps(
         await writer.wait_closed()
     reader, writer = await asyncio.open_connection("127.0.0.1", url.port)  # a trickle
     writer.write(head)
-    started = time.monotonic()
     status = b""
     with pytest.raises(ConnectionError):  # noqa: PT012 (the trickle ends when it is cut off)
-        for _ in range(100):
-            writer.write(b" ")
-            await writer.drain()
-            if reader.at_eof() or (status := await _peek(reader)):
-                raise ConnectionResetError
-            await asyncio.sleep(0.1)
+        async with asyncio.timeout(30):  # cut off after body_timeout, not at the trickle's end
+            for _ in range(6000):  # ten minutes of it
+                writer.write(b" ")
+                await writer.drain()
+                if reader.at_eof() or (status := await _peek(reader)):
+                    raise ConnectionResetError
+                await asyncio.sleep(0.1)
     writer.close()
-    assert time.monotonic() - started < 3
     assert status.startswith(b"HTTP/1.1 408") or status == b""
-    await asyncio.sleep(0.1)
+    await quiet_spell()  # for anything the receiver would log about the cut connections
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert "Traceback" not in caplog.text
+
+
+async def quiet_spell() -> None:
+    """A moment with nothing to wait for: a test that asserts something was NOT logged has no
+    event marking that it never will be; what the server does about a connection it just cut
+    runs within a few loop turns, well inside this."""
+    await asyncio.sleep(0.1)
 
 
 async def _peek(reader: asyncio.StreamReader) -> bytes:
